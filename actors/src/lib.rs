@@ -1,5 +1,29 @@
+//! The actors of `x0tta6bl4-ebpfd` and the wire API its CLI shares.
+//!
+//! `api` compiles without the runtime so that the CLI stays small; everything else needs the
+//! `runtime` feature (aya, ractor, and the kernel programs built by `build.rs`).
+
 pub mod api;
+
+#[cfg(feature = "runtime")]
+pub mod attach;
+#[cfg(feature = "runtime")]
+pub mod firewall;
+#[cfg(feature = "runtime")]
+pub mod interfaces;
+#[cfg(feature = "runtime")]
+pub mod loader;
+#[cfg(feature = "runtime")]
+pub mod restart;
+#[cfg(feature = "runtime")]
+pub mod rpc;
+#[cfg(feature = "runtime")]
+pub mod sys;
+
+/// The kernel programs, embedded in the daemon.
 #[cfg(feature = "runtime")]
 pub mod builtin {
-    pub static XDP_FIREWALL: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall"));
+    /// ELF object of `xdp_firewall` (ebpf-kern/src/bin/xdp_firewall.rs).
+    pub static XDP_FIREWALL: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall"));
 }

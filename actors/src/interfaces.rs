@@ -1,0 +1,339 @@
+//! InterfaceSupervisor: one AttachActor per interface (one_for_one). It records what is
+//! attached where, so that when an AttachActor dies (and its links with it) it can restart
+//! the actor and attach the same programs again, within a restart intensity.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use crate::api::{ApiError, Attachment, AttachMode, ErrorKind};
+use crate::attach::{AttachActor, AttachMsg};
+use crate::loader::LoaderMsg;
+use crate::restart::RestartIntensity;
+use crate::rpc::ask;
+
+pub enum InterfacesMsg {
+    Attach {
+        program_id: String,
+        interface: String,
+        mode: Option<AttachMode>,
+        reply: RpcReplyPort<Result<Attachment, ApiError>>,
+    },
+    Detach {
+        program_id: String,
+        interface: String,
+        reply: RpcReplyPort<Result<Attachment, ApiError>>,
+    },
+    /// Detaches a program from every interface (before unload).
+    DetachProgram {
+        program_id: String,
+        reply: RpcReplyPort<Vec<Attachment>>,
+    },
+    /// Detaches everything (shutdown).
+    DetachAll { reply: RpcReplyPort<()> },
+    List {
+        reply: RpcReplyPort<Vec<Attachment>>,
+    },
+    /// Asks every AttachActor whether its interface is still there.
+    Verify {
+        reply: RpcReplyPort<SupervisionReport>,
+    },
+    /// Fault injection: makes the interface's AttachActor panic.
+    CrashChild {
+        interface: String,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+}
+
+/// What the supervisor knows about its children, for `health`.
+#[derive(Debug, Clone, Default)]
+pub struct SupervisionReport {
+    /// Interface → why its attachment is not well.
+    pub problems: BTreeMap<String, String>,
+    pub restarts: u64,
+    pub attachments: usize,
+}
+
+pub struct InterfacesState {
+    loader: ActorRef<LoaderMsg>,
+    children: BTreeMap<String, ActorRef<AttachMsg>>,
+    /// interface → program id → attachment.
+    attachments: BTreeMap<String, BTreeMap<String, Attachment>>,
+    intensity: BTreeMap<String, RestartIntensity>,
+    /// Interfaces given up on after too many restarts, with the reason.
+    given_up: BTreeMap<String, String>,
+    restarts: u64,
+    make_intensity: fn() -> RestartIntensity,
+}
+
+pub struct InterfaceSupervisor;
+
+pub struct InterfacesArgs {
+    pub loader: ActorRef<LoaderMsg>,
+    pub intensity: fn() -> RestartIntensity,
+}
+
+impl Actor for InterfaceSupervisor {
+    type Msg = InterfacesMsg;
+    type State = InterfacesState;
+    type Arguments = InterfacesArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: InterfacesArgs,
+    ) -> Result<InterfacesState, ActorProcessingErr> {
+        Ok(InterfacesState {
+            loader: args.loader,
+            children: BTreeMap::new(),
+            attachments: BTreeMap::new(),
+            intensity: BTreeMap::new(),
+            given_up: BTreeMap::new(),
+            restarts: 0,
+            make_intensity: args.intensity,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: InterfacesMsg,
+        state: &mut InterfacesState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            InterfacesMsg::Attach {
+                program_id,
+                interface,
+                mode,
+                reply,
+            } => {
+                let result = state.attach(&myself, &program_id, &interface, mode).await;
+                let _ = reply.send(result);
+            }
+            InterfacesMsg::Detach {
+                program_id,
+                interface,
+                reply,
+            } => {
+                let result = state.detach(&program_id, &interface).await;
+                let _ = reply.send(result);
+            }
+            InterfacesMsg::DetachProgram { program_id, reply } => {
+                let interfaces: Vec<String> = state
+                    .attachments
+                    .iter()
+                    .filter(|(_, by_prog)| by_prog.contains_key(&program_id))
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                let mut detached = Vec::new();
+                for interface in interfaces {
+                    if let Ok(a) = state.detach(&program_id, &interface).await {
+                        detached.push(a);
+                    }
+                }
+                let _ = reply.send(detached);
+            }
+            InterfacesMsg::DetachAll { reply } => {
+                let pairs: Vec<(String, String)> = state
+                    .attachments
+                    .iter()
+                    .flat_map(|(i, by_prog)| by_prog.keys().map(move |p| (p.clone(), i.clone())))
+                    .collect();
+                for (program_id, interface) in pairs {
+                    let _ = state.detach(&program_id, &interface).await;
+                }
+                let _ = reply.send(());
+            }
+            InterfacesMsg::List { reply } => {
+                let _ = reply.send(state.all_attachments());
+            }
+            InterfacesMsg::Verify { reply } => {
+                let mut report = SupervisionReport {
+                    problems: state.given_up.clone(),
+                    restarts: state.restarts,
+                    attachments: state.all_attachments().len(),
+                };
+                for (interface, child) in &state.children {
+                    if state.attachments.get(interface).is_none_or(|m| m.is_empty()) {
+                        continue;
+                    }
+                    let what = format!("AttachActor[{interface}]");
+                    let verdict = ask(child, &what, |reply| AttachMsg::Verify { reply })
+                        .await
+                        .unwrap_or_else(|e| Err(e.message));
+                    if let Err(why) = verdict {
+                        report.problems.insert(interface.clone(), why);
+                    }
+                }
+                let _ = reply.send(report);
+            }
+            InterfacesMsg::CrashChild { interface, reply } => {
+                let result = match state.children.get(&interface) {
+                    Some(child) => child
+                        .cast(AttachMsg::Crash)
+                        .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string())),
+                    None => Err(ApiError::new(
+                        ErrorKind::UnknownInterface,
+                        format!("no AttachActor for {interface}: nothing is attached there"),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut InterfacesState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())))
+            }
+            _ => return Ok(()),
+        };
+        let Some(interface) = state.interface_of(&cell) else {
+            return Ok(());
+        };
+        state.children.remove(&interface);
+        let wanted = state.attachments.get(&interface).cloned().unwrap_or_default();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        error!(%interface, %why, "AttachActor died; its links are gone");
+        let now = Instant::now();
+        let make = state.make_intensity;
+        let allowed = state.intensity.entry(interface.clone()).or_insert_with(make).allow(now);
+        if !allowed {
+            let limit = state.intensity[&interface].describe();
+            let reason = format!(
+                "AttachActor[{interface}] died more than {limit}; gave up, its programs are detached (last: {why})"
+            );
+            error!(%interface, "{reason}");
+            state.attachments.remove(&interface);
+            state.given_up.insert(interface, reason);
+            return Ok(());
+        }
+        state.restarts += 1;
+        for (program_id, attachment) in wanted {
+            // The failed actor took the links with it; attach again from the loader.
+            state.attachments.get_mut(&interface).map(|m| m.remove(&program_id));
+            match state.attach(&myself, &program_id, &interface, Some(attachment.mode)).await {
+                Ok(_) => info!(%interface, %program_id, "re-attached after AttachActor restart"),
+                Err(e) => warn!(%interface, %program_id, error = %e, "re-attach failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InterfacesState {
+    fn all_attachments(&self) -> Vec<Attachment> {
+        self.attachments
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    fn interface_of(&self, cell: &ActorCell) -> Option<String> {
+        self.children
+            .iter()
+            .find(|(_, c)| c.get_id() == cell.get_id())
+            .map(|(i, _)| i.clone())
+    }
+
+    async fn child(
+        &mut self,
+        myself: &ActorRef<InterfacesMsg>,
+        interface: &str,
+    ) -> Result<ActorRef<AttachMsg>, ApiError> {
+        if let Some(c) = self.children.get(interface) {
+            return Ok(c.clone());
+        }
+        let (child, _) = Actor::spawn_linked(None, AttachActor, interface.to_string(), myself.get_cell())
+            .await
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("starting AttachActor[{interface}]: {e}")))?;
+        self.children.insert(interface.to_string(), child.clone());
+        Ok(child)
+    }
+
+    async fn attach(
+        &mut self,
+        myself: &ActorRef<InterfacesMsg>,
+        program_id: &str,
+        interface: &str,
+        mode: Option<AttachMode>,
+    ) -> Result<Attachment, ApiError> {
+        if let Some(existing) = self.attachments.get(interface).and_then(|m| m.values().next()) {
+            let message = if existing.program_id == program_id {
+                format!("{program_id} is already attached to {interface} ({} mode)", existing.mode)
+            } else {
+                format!(
+                    "interface {interface} already has {} attached ({} mode); one XDP program per \
+                     interface for now: detach it first (`x0tta6bl4-ebpf detach {} {interface}`)",
+                    existing.program_id, existing.mode, existing.program_id
+                )
+            };
+            return Err(ApiError::new(ErrorKind::Busy, message));
+        }
+        let new_link = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::CreateLink {
+            program_id: program_id.to_string(),
+            interface: interface.to_string(),
+            mode,
+            reply,
+        })
+        .await??;
+        let attachment = Attachment {
+            program_id: program_id.to_string(),
+            interface: interface.to_string(),
+            mode: new_link.mode,
+            program_type: new_link.program_type,
+        };
+        let child = self.child(myself, interface).await?;
+        ask(&child, &format!("AttachActor[{interface}]"), |reply| AttachMsg::Adopt {
+            program_id: program_id.to_string(),
+            link: new_link.link,
+            reply,
+        })
+        .await?;
+        self.given_up.remove(interface);
+        self.attachments
+            .entry(interface.to_string())
+            .or_default()
+            .insert(program_id.to_string(), attachment.clone());
+        Ok(attachment)
+    }
+
+    async fn detach(&mut self, program_id: &str, interface: &str) -> Result<Attachment, ApiError> {
+        let Some(attachment) = self.attachments.get_mut(interface).and_then(|m| m.remove(program_id)) else {
+            let here: Vec<String> = self
+                .all_attachments()
+                .iter()
+                .map(|a| format!("{} on {}", a.program_id, a.interface))
+                .collect();
+            let here = if here.is_empty() { "nothing is attached".to_string() } else { format!("attached: {}", here.join(", ")) };
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{program_id} is not attached to {interface} ({here})"),
+            ));
+        };
+        if let Some(child) = self.children.get(interface) {
+            let what = format!("AttachActor[{interface}]");
+            if let Err(e) = ask(child, &what, |reply| AttachMsg::Release {
+                program_id: program_id.to_string(),
+                reply,
+            })
+            .await
+            {
+                warn!(%interface, %program_id, error = %e, "release failed");
+            }
+        }
+        Ok(attachment)
+    }
+}

@@ -1,0 +1,458 @@
+//! LoaderActor: owns every loaded `aya::Ebpf` object and the program registry. It turns a
+//! program name into a verified kernel program, and a (program, interface) pair into a link
+//! that it hands to the interface's AttachActor.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use aya::programs::{Program, ProgramError, Xdp, XdpMode, xdp::XdpLink};
+use aya::{Ebpf, EbpfLoader};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use crate::api::{ApiError, AttachMode, ErrorKind, FirewallRule, PacketCounters, ProgramInfo, ProgramType, RuleAction};
+use crate::{builtin, firewall, sys};
+
+pub enum LoaderMsg {
+    Load {
+        name: String,
+        mode: Option<AttachMode>,
+        reply: RpcReplyPort<Result<ProgramInfo, ApiError>>,
+    },
+    /// Attaches a loaded program to an interface and hands back the link; whoever holds the
+    /// link keeps the program attached.
+    CreateLink {
+        program_id: String,
+        interface: String,
+        mode: Option<AttachMode>,
+        reply: RpcReplyPort<Result<NewLink, ApiError>>,
+    },
+    Unload {
+        program_id: String,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    /// Every loaded program; `attachments` are left empty (the InterfaceSupervisor knows them).
+    List {
+        reply: RpcReplyPort<Vec<ProgramInfo>>,
+    },
+    Counters {
+        reply: RpcReplyPort<Vec<(String, Option<PacketCounters>)>>,
+    },
+}
+
+/// A live XDP attachment, owned by whoever holds `link` (dropping it detaches).
+pub struct NewLink {
+    pub link: XdpLink,
+    pub mode: AttachMode,
+    pub program_type: ProgramType,
+}
+
+/// Settings of the built-in `xdp_firewall`, from the daemon's config.
+#[derive(Debug, Clone)]
+pub struct FirewallSettings {
+    pub rules: Vec<FirewallRule>,
+    pub default_policy: RuleAction,
+    pub attach_mode: AttachMode,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> Self {
+        FirewallSettings {
+            rules: Vec::new(),
+            default_policy: RuleAction::Allow,
+            attach_mode: AttachMode::Drv,
+        }
+    }
+}
+
+pub struct LoaderArgs {
+    pub programs_dir: PathBuf,
+    pub firewall: FirewallSettings,
+}
+
+pub struct LoaderState {
+    programs_dir: PathBuf,
+    firewall: FirewallSettings,
+    programs: BTreeMap<String, LoadedProgram>,
+    /// Next number per program name, so ids are never reused while the daemon runs.
+    next_number: BTreeMap<String, u64>,
+}
+
+struct LoadedProgram {
+    ebpf: Ebpf,
+    /// The program's name inside `ebpf`.
+    program_name: String,
+    info: ProgramInfo,
+}
+
+pub struct LoaderActor;
+
+impl Actor for LoaderActor {
+    type Msg = LoaderMsg;
+    type State = LoaderState;
+    type Arguments = LoaderArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: LoaderArgs,
+    ) -> Result<LoaderState, ActorProcessingErr> {
+        Ok(LoaderState {
+            programs_dir: args.programs_dir,
+            firewall: args.firewall,
+            programs: BTreeMap::new(),
+            next_number: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: LoaderMsg,
+        state: &mut LoaderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            LoaderMsg::Load { name, mode, reply } => {
+                let result = state.load(&name, mode);
+                match &result {
+                    Ok(info) => info!(program_id = %info.id, kernel_id = info.kernel_id, source = %info.source, "loaded"),
+                    Err(e) => warn!(name = %name, error = %e, "load refused"),
+                }
+                let _ = reply.send(result);
+            }
+            LoaderMsg::CreateLink {
+                program_id,
+                interface,
+                mode,
+                reply,
+            } => {
+                let _ = reply.send(state.create_link(&program_id, &interface, mode));
+            }
+            LoaderMsg::Unload { program_id, reply } => {
+                let result = match state.programs.remove(&program_id) {
+                    Some(_) => {
+                        info!(program_id = %program_id, "unloaded");
+                        Ok(())
+                    }
+                    None => Err(state.unknown_program(&program_id)),
+                };
+                let _ = reply.send(result);
+            }
+            LoaderMsg::List { reply } => {
+                let _ = reply.send(state.programs.values().map(|p| p.info.clone()).collect());
+            }
+            LoaderMsg::Counters { reply } => {
+                let counters = state
+                    .programs
+                    .iter()
+                    .map(|(id, p)| {
+                        let c = firewall::read_counters(&p.ebpf).unwrap_or_else(|e| {
+                            warn!(program_id = %id, error = %e, "reading counters failed");
+                            None
+                        });
+                        (id.clone(), c)
+                    })
+                    .collect();
+                let _ = reply.send(counters);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Built-in programs: name in the daemon → (ELF bytes, program name inside the ELF).
+fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
+    match name.strip_suffix(".o").unwrap_or(name) {
+        "xdp_firewall" => Some((builtin::XDP_FIREWALL, "xdp_firewall")),
+        _ => None,
+    }
+}
+
+fn program_type(p: &Program) -> ProgramType {
+    match p {
+        Program::Xdp(_) => ProgramType::Xdp,
+        Program::SchedClassifier(_) => ProgramType::Tc,
+        Program::CgroupSkb(_) => ProgramType::CgroupSkb,
+        Program::SocketFilter(_) => ProgramType::SocketFilter,
+        Program::TracePoint(_) => ProgramType::Tracepoint,
+        _ => ProgramType::Other,
+    }
+}
+
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Drv => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+        AttachMode::Hw => XdpMode::Hardware,
+    }
+}
+
+fn load_error(what: &str, e: ProgramError) -> ApiError {
+    if let ProgramError::LoadError { verifier_log, .. } = &e {
+        let log = verifier_log.to_string();
+        let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        return ApiError::new(
+            ErrorKind::InvalidObject,
+            format!("the kernel verifier rejected {what}; last lines of its log:\n{}", tail.join("\n")),
+        );
+    }
+    match sys::errno(&e) {
+        Some(libc::EPERM) | Some(libc::EACCES) => ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("loading {what} was not permitted: the daemon needs root or CAP_BPF + CAP_NET_ADMIN"),
+        ),
+        _ => ApiError::new(ErrorKind::InvalidObject, format!("loading {what} failed: {}", sys::chain(&e))),
+    }
+}
+
+impl LoaderState {
+    fn unknown_program(&self, id: &str) -> ApiError {
+        let loaded: Vec<&str> = self.programs.keys().map(String::as_str).collect();
+        let hint = if loaded.is_empty() {
+            "no program is loaded; load one with `x0tta6bl4-ebpf load xdp_firewall`".to_string()
+        } else {
+            format!("loaded: {}", loaded.join(", "))
+        };
+        ApiError::new(ErrorKind::UnknownProgram, format!("no program with id {id:?} ({hint})"))
+    }
+
+    /// Resolves a user-given object name inside `programs_dir`, refusing anything that would
+    /// leave it.
+    fn resolve_object(&self, name: &str) -> Result<PathBuf, ApiError> {
+        let dir = &self.programs_dir;
+        let invalid = |m: String| ApiError::new(ErrorKind::InvalidRequest, m);
+        let requested = Path::new(name);
+        if requested.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(invalid(format!(
+                "{name:?} leaves programs_dir ({}): give a file name inside it",
+                dir.display()
+            )));
+        }
+        let candidate = if requested.is_absolute() {
+            requested.to_path_buf()
+        } else {
+            dir.join(requested)
+        };
+        let candidates = if candidate.extension().is_none() {
+            vec![candidate.with_extension("o"), candidate]
+        } else {
+            vec![candidate]
+        };
+        let Some(found) = candidates.iter().find(|c| c.is_file()) else {
+            let available: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.ends_with(".o"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut known = vec!["xdp_firewall (built-in)".to_string()];
+            known.extend(available);
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "no program {name:?}: it is not built in and there is no such object in programs_dir {} (available: {})",
+                    dir.display(),
+                    known.join(", ")
+                ),
+            ));
+        };
+        let canonical_dir = dir.canonicalize().map_err(|e| {
+            invalid(format!("programs_dir {} is not readable: {e}", dir.display()))
+        })?;
+        let canonical = found
+            .canonicalize()
+            .map_err(|e| invalid(format!("{}: {e}", found.display())))?;
+        if !canonical.starts_with(&canonical_dir) {
+            return Err(invalid(format!(
+                "{} is outside programs_dir ({}): copy the object there or set programs_dir",
+                canonical.display(),
+                canonical_dir.display()
+            )));
+        }
+        Ok(canonical)
+    }
+
+    fn load(&mut self, name: &str, mode: Option<AttachMode>) -> Result<ProgramInfo, ApiError> {
+        let (bytes, wanted_program, source, stem): (Vec<u8>, Option<&str>, String, String) =
+            match builtin(name) {
+                Some((bytes, prog)) => (bytes.to_vec(), Some(prog), "built-in".into(), prog.into()),
+                None => {
+                    let path = self.resolve_object(name)?;
+                    let bytes = std::fs::read(&path).map_err(|e| {
+                        ApiError::new(ErrorKind::InvalidObject, format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    sys::check_bpf_elf(&path, &bytes)
+                        .map_err(|m| ApiError::new(ErrorKind::InvalidObject, m))?;
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "program".into());
+                    (bytes, None, path.display().to_string(), stem)
+                }
+            };
+        let mut ebpf = EbpfLoader::new().load(&bytes).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidObject,
+                format!("{source} is not a loadable BPF object: {}", sys::chain(&e)),
+            )
+        })?;
+        let program_name = match wanted_program {
+            Some(p) => p.to_string(),
+            None => {
+                let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+                match names.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(ApiError::new(
+                            ErrorKind::InvalidObject,
+                            format!("{source} contains no program"),
+                        ));
+                    }
+                    many => {
+                        return Err(ApiError::new(
+                            ErrorKind::InvalidObject,
+                            format!(
+                                "{source} contains {} programs ({}); load objects with one program each",
+                                many.len(),
+                                many.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        let what = format!("program {program_name} from {source}");
+        let program = ebpf.program_mut(&program_name).ok_or_else(|| {
+            ApiError::new(ErrorKind::InvalidObject, format!("{source} has no program {program_name}"))
+        })?;
+        let program_type = program_type(program);
+        let loaded = match program {
+            Program::Xdp(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            Program::SocketFilter(p) => p.load(),
+            Program::TracePoint(p) => p.load(),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorKind::Unsupported,
+                    format!("{what} is of a type this daemon does not load (supported: xdp, tc, cgroup_skb, socket_filter, tracepoint)"),
+                ));
+            }
+        };
+        loaded.map_err(|e| load_error(&what, e))?;
+        let kernel_id = program
+            .info()
+            .map(|i| i.id())
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("reading info of {what}: {}", sys::chain(&e))))?;
+        let default_mode = if wanted_program.is_some() {
+            firewall::apply_rules(&mut ebpf, &self.firewall.rules, self.firewall.default_policy)
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("xdp_firewall rules: {e}")))?;
+            mode.unwrap_or(self.firewall.attach_mode)
+        } else {
+            mode.unwrap_or(AttachMode::Drv)
+        };
+        let n = self.next_number.entry(stem.clone()).or_insert(0);
+        *n += 1;
+        let id = format!("{stem}-{n}");
+        let maps = ebpf.maps().map(|(n, _)| n.to_string()).collect();
+        let info = ProgramInfo {
+            id: id.clone(),
+            name: program_name.clone(),
+            program_type,
+            kernel_id,
+            loaded_at: sys::now_rfc3339(),
+            source,
+            default_mode,
+            attachments: Vec::new(),
+            maps,
+        };
+        self.programs.insert(
+            id,
+            LoadedProgram {
+                ebpf,
+                program_name,
+                info: info.clone(),
+            },
+        );
+        Ok(info)
+    }
+
+    fn create_link(
+        &mut self,
+        program_id: &str,
+        interface: &str,
+        mode: Option<AttachMode>,
+    ) -> Result<NewLink, ApiError> {
+        let unknown = self.unknown_program(program_id);
+        let loaded = self.programs.get_mut(program_id).ok_or(unknown)?;
+        let mode = mode.unwrap_or(loaded.info.default_mode);
+        let program_type = loaded.info.program_type;
+        let program = loaded
+            .ebpf
+            .program_mut(&loaded.program_name)
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "program vanished from its object"))?;
+        let xdp: &mut Xdp = program.try_into().map_err(|_| {
+            ApiError::new(
+                ErrorKind::Unsupported,
+                format!("{program_id} is a {program_type} program; attaching to an interface works for xdp programs only in this version"),
+            )
+        })?;
+        if !sys::interface_exists(interface) {
+            return Err(ApiError::new(ErrorKind::UnknownInterface, sys::unknown_interface_message(interface)));
+        }
+        let link_id = xdp
+            .attach(interface, xdp_mode(mode))
+            .map_err(|e| attach_error(program_id, interface, mode, e))?;
+        let link = xdp.take_link(link_id).map_err(|e| {
+            ApiError::new(ErrorKind::Internal, format!("taking the link of {program_id}: {}", sys::chain(&e)))
+        })?;
+        info!(program_id, interface, %mode, "attached");
+        Ok(NewLink {
+            link,
+            mode,
+            program_type,
+        })
+    }
+}
+
+fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramError) -> ApiError {
+    if let ProgramError::UnknownInterface { .. } = e {
+        return ApiError::new(ErrorKind::UnknownInterface, sys::unknown_interface_message(interface));
+    }
+    let errno = sys::errno(&e);
+    let detail = sys::chain(&e);
+    match (errno, mode) {
+        (Some(libc::EOPNOTSUPP), AttachMode::Drv) => ApiError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "interface {interface} has no native XDP support (driver mode failed with EOPNOTSUPP); \
+                 attach with --mode skb, which works on every interface"
+            ),
+        ),
+        (Some(libc::EOPNOTSUPP | libc::EINVAL), AttachMode::Hw) => ApiError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "interface {interface} cannot offload XDP to hardware (hw mode failed: {detail}); \
+                 use --mode drv or --mode skb"
+            ),
+        ),
+        (Some(libc::EBUSY | libc::EEXIST), _) => ApiError::new(
+            ErrorKind::Busy,
+            format!(
+                "interface {interface} already has an XDP program that this daemon does not manage; \
+                 see `bpftool net show dev {interface}` and remove it (`ip link set dev {interface} xdp off`, \
+                 or `bpftool link detach id N` for a bpf_link) before attaching {program_id}"
+            ),
+        ),
+        (Some(libc::EPERM | libc::EACCES), _) => ApiError::new(
+            ErrorKind::PermissionDenied,
+            format!("attaching {program_id} to {interface} was not permitted: the daemon needs root or CAP_NET_ADMIN + CAP_BPF"),
+        ),
+        _ => ApiError::new(
+            ErrorKind::Internal,
+            format!("attaching {program_id} to {interface} in {mode} mode failed: {detail}"),
+        ),
+    }
+}

@@ -1,0 +1,118 @@
+//! Small facts about the running system that error messages need.
+
+use std::path::Path;
+
+/// The errno buried in an error chain (aya wraps it in `SyscallError` or a netlink error).
+pub fn errno(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(code) = io.raw_os_error()
+        {
+            return Some(code);
+        }
+        if let Some(nl) = e.downcast_ref::<aya::sys::NetlinkError>()
+            && let Some(code) = nl.raw_os_error()
+        {
+            return Some(code);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The whole chain of an error, `outer: inner: innermost`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// Names of the network interfaces of this network namespace, sorted.
+pub fn interface_names() -> Vec<String> {
+    let mut names: Vec<String> = nix::net::if_::if_nameindex()
+        .map(|list| {
+            list.iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+/// `interface eth9 does not exist (interfaces here: eth0, lo)`.
+pub fn unknown_interface_message(name: &str) -> String {
+    format!(
+        "interface {name} does not exist (interfaces here: {}); check `ip link show`",
+        interface_names().join(", ")
+    )
+}
+
+const EM_BPF: u16 = 247;
+
+/// Checks that `bytes` look like a BPF ELF object before aya parses them, so that the user
+/// learns *what* the file is rather than a parser error.
+pub fn check_bpf_elf(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+        return Err(format!(
+            "{} is not an ELF object (a BPF object is built with `clang -target bpf -c` or \
+             for bpfel-unknown-none)",
+            path.display()
+        ));
+    }
+    let machine = if bytes[5] == 2 {
+        u16::from_be_bytes([bytes[18], bytes[19]])
+    } else {
+        u16::from_le_bytes([bytes[18], bytes[19]])
+    };
+    if machine != EM_BPF {
+        return Err(format!(
+            "{} is an ELF object for machine type {machine}, not BPF ({EM_BPF}): it was \
+             compiled for the host, not with `-target bpf`",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_check_names_what_the_file_is() {
+        let p = Path::new("x.o");
+        assert!(check_bpf_elf(p, b"hello world, not an object").unwrap_err().contains("not an ELF"));
+        let mut host = vec![0u8; 64];
+        host[..4].copy_from_slice(b"\x7fELF");
+        host[5] = 1;
+        host[18] = 62; // EM_X86_64
+        assert!(check_bpf_elf(p, &host).unwrap_err().contains("machine type 62"));
+        host[18] = 247;
+        assert!(check_bpf_elf(p, &host).is_ok());
+    }
+
+    #[test]
+    fn loopback_is_listed() {
+        assert!(interface_names().iter().any(|n| n == "lo"));
+        assert!(interface_exists("lo"));
+        assert!(unknown_interface_message("nope0").contains("lo"));
+    }
+}
