@@ -1,1 +1,223 @@
-fn main() {}
+//! `x0tta6bl4-ebpf`: the operator CLI. Every verb is one request/response over the daemon's
+//! Unix socket (except `completions`, which needs no daemon).
+//!
+//! Exit codes: 0 success, 1 the daemon refused or failed the request (or could not be
+//! reached), 2 usage error.
+
+mod client;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actors::api::{AttachMode, Request, Response};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "x0tta6bl4-ebpf", version, about = "Operate the x0tta6bl4 eBPF node daemon")]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "X0TTA6BL4_SOCKET", default_value = actors::api::DEFAULT_SOCKET_PATH)]
+    socket: PathBuf,
+    /// Print JSON instead of tables (stable field names).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the daemon's answer.
+    #[arg(long, global = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LoadMode {
+    Drv,
+    Skb,
+    Hw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AttachModeArg {
+    Drv,
+    Skb,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Daemon version, uptime, programs, attachments and packet totals.
+    Status,
+    /// Load a built-in program (xdp_firewall) or a .o file from programs_dir.
+    Load {
+        /// `xdp_firewall`, `xdp_firewall.o`, or an object file name inside programs_dir.
+        name: String,
+        /// Default attach mode for this program.
+        #[arg(long, value_enum)]
+        mode: Option<LoadMode>,
+    },
+    /// Attach a loaded program to a network interface.
+    Attach {
+        program_id: String,
+        interface: String,
+        /// Overrides the program's default attach mode.
+        #[arg(long, value_enum)]
+        mode: Option<AttachModeArg>,
+    },
+    /// Detach a program from an interface.
+    Detach { program_id: String, interface: String },
+    /// Detach a program everywhere and unload it from the kernel.
+    Unload { program_id: String },
+    /// List loaded programs.
+    Programs {
+        /// Also show default mode, source and maps.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Packet and byte counters per program and interface.
+    Stats,
+    /// Health of programs, attachments and the supervision tree.
+    Health,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let request = match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "x0tta6bl4-ebpf", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Status => Request::Status,
+        Command::Load { ref name, mode } => Request::Load {
+            name: name.clone(),
+            mode: mode.map(|m| match m {
+                LoadMode::Drv => AttachMode::Drv,
+                LoadMode::Skb => AttachMode::Skb,
+                LoadMode::Hw => AttachMode::Hw,
+            }),
+        },
+        Command::Attach {
+            ref program_id,
+            ref interface,
+            mode,
+        } => Request::Attach {
+            program_id: program_id.clone(),
+            interface: interface.clone(),
+            mode: mode.map(|m| match m {
+                AttachModeArg::Drv => AttachMode::Drv,
+                AttachModeArg::Skb => AttachMode::Skb,
+            }),
+        },
+        Command::Detach {
+            ref program_id,
+            ref interface,
+        } => Request::Detach {
+            program_id: program_id.clone(),
+            interface: interface.clone(),
+        },
+        Command::Unload { ref program_id } => Request::Unload {
+            program_id: program_id.clone(),
+        },
+        Command::Programs { .. } => Request::Programs,
+        Command::Stats => Request::Stats,
+        Command::Health => Request::Health,
+    };
+    let response = match client::call(&cli.socket, Duration::from_secs(cli.timeout), &request) {
+        Ok(r) => r,
+        Err(client::ClientError::Unreachable(m) | client::ClientError::Exchange(m)) => {
+            eprintln!("x0tta6bl4-ebpf: {m}");
+            return ExitCode::from(1);
+        }
+    };
+    let verbose = matches!(cli.command, Command::Programs { verbose: true });
+    match print(&response, cli.json, verbose) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("x0tta6bl4-ebpf: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("API types always serialize") + "\n"
+}
+
+/// Prints a response; `Err` carries the daemon's refusal.
+fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String> {
+    let out = match response {
+        Response::Error(e) => {
+            if as_json {
+                eprint!("{}", json(e));
+            }
+            return Err(e.message.clone());
+        }
+        Response::Status(s) if as_json => json(s),
+        Response::Status(s) => render::status(s),
+        Response::Loaded(p) if as_json => json(p),
+        Response::Loaded(p) => format!(
+            "loaded {} ({} program {}, kernel id {}, default mode {})\n",
+            p.id, p.program_type, p.name, p.kernel_id, p.default_mode
+        ),
+        Response::Attached(a) if as_json => json(a),
+        Response::Attached(a) => format!("attached {} to {} ({} mode)\n", a.program_id, a.interface, a.mode),
+        Response::Detached(a) if as_json => json(a),
+        Response::Detached(a) => format!("detached {} from {}\n", a.program_id, a.interface),
+        Response::Unloaded { program_id } if as_json => json(&serde_json::json!({ "unloaded": program_id })),
+        Response::Unloaded { program_id } => format!("unloaded {program_id}\n"),
+        Response::Programs(p) if as_json => json(p),
+        Response::Programs(p) => render::programs(p, verbose),
+        Response::Stats(s) if as_json => json(s),
+        Response::Stats(s) => render::stats(s),
+        Response::Health(h) if as_json => json(h),
+        Response::Health(h) => render::health(h),
+    };
+    print!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("x0tta6bl4-ebpf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_verb() {
+        let before = parse(&["--socket", "/tmp/s", "--json", "--timeout", "5", "status"]).unwrap();
+        let after = parse(&["status", "--socket", "/tmp/s", "--json", "--timeout", "5"]).unwrap();
+        for cli in [before, after] {
+            assert_eq!(cli.socket, PathBuf::from("/tmp/s"));
+            assert!(cli.json);
+            assert_eq!(cli.timeout, 5);
+        }
+    }
+
+    #[test]
+    fn verbs_and_modes_parse() {
+        let cli = parse(&["load", "xdp_firewall.o", "--mode", "hw"]).unwrap();
+        assert!(matches!(cli.command, Command::Load { mode: Some(LoadMode::Hw), .. }));
+        let cli = parse(&["attach", "xdp_firewall-1", "veth0", "--mode", "skb"]).unwrap();
+        assert!(matches!(cli.command, Command::Attach { mode: Some(AttachModeArg::Skb), .. }));
+        assert!(matches!(parse(&["programs", "--verbose"]).unwrap().command, Command::Programs { verbose: true }));
+    }
+
+    #[test]
+    fn usage_errors_are_refused() {
+        // hw is a load-time default only; attach takes drv or skb.
+        assert!(parse(&["attach", "p", "eth0", "--mode", "hw"]).is_err());
+        assert!(parse(&["load"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&["status", "--timeout", "0"]).is_err());
+        // --priority arrives with program chaining; until then it is not a flag.
+        assert!(parse(&["load", "xdp_firewall", "--priority", "100"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

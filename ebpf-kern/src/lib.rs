@@ -62,16 +62,19 @@ pub struct L4Info {
 #[inline(always)]
 pub fn transport(start: usize, end: usize, offset: usize, protocol: u8) -> Option<L4Info> {
     use ebpf_shared::proto;
+    // One read per header into a stack copy: a second read of the same bytes lets the
+    // compiler merge the bounds checks and re-derive the pointer, which the verifier rejects
+    // ("R2 offset is outside of the packet").
     let dest_port = match protocol {
         // The whole fixed header must be there, not only the ports: a TCP segment cut inside
         // its header is not something a stack would accept either.
         proto::TCP => {
-            load::<[u8; 20]>(start, end, offset)?;
-            load_be16(start, end, offset + 2)?
+            let h = load::<[u8; 20]>(start, end, offset)?;
+            u16::from_be_bytes([h[2], h[3]])
         }
         proto::UDP => {
-            load::<[u8; 8]>(start, end, offset)?;
-            load_be16(start, end, offset + 2)?
+            let h = load::<[u8; 8]>(start, end, offset)?;
+            u16::from_be_bytes([h[2], h[3]])
         }
         proto::ICMP | proto::ICMPV6 => {
             load::<[u8; 4]>(start, end, offset)?;

@@ -1,1 +1,213 @@
-fn main() {}
+//! `x0tta6bl4-ebpfd`: loads and attaches the x0tta6bl4 eBPF programs on this node and serves
+//! the operator CLI on a Unix socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use actors::interfaces::InterfacesMsg;
+use actors::rpc::ask;
+use anyhow::Context as _;
+use clap::Parser;
+use ractor::{Actor, ActorRef};
+use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
+use supervisor::control::Control;
+use supervisor::root::{INTERFACES, RootSupervisor, StartupPlan};
+use supervisor::host;
+use tracing::{error, info};
+
+#[derive(Parser, Debug)]
+#[command(name = "x0tta6bl4-ebpfd", version, about = "x0tta6bl4 eBPF node daemon")]
+struct Args {
+    /// TOML config file [default: /etc/x0tta6bl4/ebpf.toml when it exists]
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Validate the config, print the result and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Overrides `interface`.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Overrides `socket_path`.
+    #[arg(long = "socket")]
+    socket_path: Option<PathBuf>,
+    /// Overrides `pin_root`.
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Overrides `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Overrides `log_file`.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+    /// Overrides `programs_dir`.
+    #[arg(long)]
+    programs_dir: Option<PathBuf>,
+    /// Overrides `auto_load_programs`.
+    #[arg(long)]
+    auto_load_programs: Option<bool>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("x0tta6bl4-ebpfd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!(
+            "config OK: interface={:?} auto_load_programs={} socket_path={} pin_root={}",
+            config.interface,
+            config.auto_load_programs,
+            config.socket_path.display(),
+            config.pin_root.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let _log_guard = init_logging(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("x0tta6bl4-ebpfd: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("x0tta6bl4-ebpfd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = &args.interface {
+        supervisor::config::check_interface_name(v).map_err(|m| anyhow::anyhow!("--interface: {m}"))?;
+        config.interface = v.clone();
+    }
+    if let Some(v) = &args.socket_path {
+        config.socket_path = v.clone();
+    }
+    if let Some(v) = &args.pin_root {
+        config.pin_root = v.clone();
+    }
+    if let Some(v) = &args.state_dir {
+        config.state_dir = v.clone();
+    }
+    if let Some(v) = &args.log_file {
+        config.log_file = v.clone();
+    }
+    if let Some(v) = &args.programs_dir {
+        config.programs_dir = v.clone();
+    }
+    if let Some(v) = args.auto_load_programs {
+        config.auto_load_programs = v;
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr and to `log_file` (rotated daily). A log file that cannot be opened is
+/// reported and skipped: the daemon still runs.
+fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = EnvFilter::try_from_env("X0TTA6BL4_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let dir = config.log_file.parent().map(PathBuf::from).unwrap_or_else(|| "/".into());
+    let name = config.log_file.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "ebpf.log".into());
+    let file = std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix(name.to_string_lossy().into_owned())
+                .max_log_files(7)
+                .build(&dir)
+                .map_err(|e| e.to_string())
+        });
+    let (file_layer, guard, problem) = match file {
+        Ok(appender) => {
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            (Some(fmt::layer().with_ansi(false).with_writer(writer)), Some(guard), None)
+        }
+        Err(e) => (None, None, Some(e)),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt::layer().with_writer(std::io::stderr))
+        .with(file_layer)
+        .init();
+    if let Some(e) = problem {
+        tracing::warn!(log_file = %config.log_file.display(), error = %e, "logging to stderr only");
+    }
+    guard
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    host::check_privileges()?;
+    host::ensure_pin_root(&config.pin_root)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let listener = host::bind_control_socket(&config.socket_path)?;
+    let firewall = config.firewall();
+    let plan = StartupPlan {
+        programs_dir: config.programs_dir.clone(),
+        auto_attach: (config.auto_load_programs && !config.interface.is_empty())
+            .then(|| (config.interface.clone(), firewall.attach_mode)),
+        firewall,
+    };
+    if config.programs.contains_key("tc_shaper") {
+        tracing::warn!("programs.tc_shaper is validated but not enforced: the TC shaper is not part of this release");
+    }
+    let (root, root_handle) = Actor::spawn(None, RootSupervisor, plan)
+        .await
+        .context("starting the supervision tree")?;
+    info!(
+        socket = %config.socket_path.display(),
+        pin_root = %config.pin_root.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "x0tta6bl4-ebpfd ready"
+    );
+    let control = Control {
+        started: Instant::now(),
+        root: root.clone(),
+    };
+    let server = tokio::spawn(control.serve(listener));
+
+    wait_for_signal().await?;
+    info!("shutting down: detaching every program");
+    server.abort();
+    if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES.to_string())
+        && let Err(e) = ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::DetachAll { reply }).await
+    {
+        error!(error = %e, "detaching at shutdown");
+    }
+    root.stop(Some("shutdown".into()));
+    let _ = root_handle.await;
+    let _ = std::fs::remove_file(&config.socket_path);
+    host::remove_pin_root_if_empty(&config.pin_root);
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+    Ok(())
+}
+

@@ -1,0 +1,122 @@
+//! Human output: every table the CLI prints is built here.
+
+use actors::api::{Attachment, Health, PacketCounters, ProgramInfo, ProgramStats, Status};
+use comfy_table::{Table, presets::NOTHING};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(|h| h.to_string()));
+    t
+}
+
+fn attachments_of(p: &ProgramInfo) -> String {
+    if p.attachments.is_empty() {
+        return "-".into();
+    }
+    p.attachments
+        .iter()
+        .map(|a| format!("{}({})", a.interface, a.mode))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn status(s: &Status) -> String {
+    let mut out = format!(
+        "x0tta6bl4-ebpfd {}  up {}s\nprograms loaded: {}\npackets: {} processed, {} passed, {} blocked\n",
+        s.version, s.uptime_seconds, s.programs_loaded, s.processed_packets, s.passed_packets, s.blocked_packets
+    );
+    if s.attachments.is_empty() {
+        out.push_str("attachments: none\n");
+    } else {
+        out.push('\n');
+        out.push_str(&attachment_table(&s.attachments));
+    }
+    out
+}
+
+fn attachment_table(attachments: &[Attachment]) -> String {
+    let mut t = table(&["PROGRAM", "INTERFACE", "MODE", "TYPE"]);
+    for a in attachments {
+        t.add_row(vec![
+            a.program_id.clone(),
+            a.interface.clone(),
+            a.mode.to_string(),
+            a.program_type.to_string(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+pub fn programs(programs: &[ProgramInfo], verbose: bool) -> String {
+    if programs.is_empty() {
+        return "no programs loaded (load one with `x0tta6bl4-ebpf load xdp_firewall`)\n".into();
+    }
+    let mut header = vec!["ID", "NAME", "TYPE", "KERNEL ID", "ATTACHED", "LOADED AT"];
+    if verbose {
+        header.extend(["DEFAULT MODE", "SOURCE", "MAPS"]);
+    }
+    let mut t = table(&header);
+    for p in programs {
+        let mut row = vec![
+            p.id.clone(),
+            p.name.clone(),
+            p.program_type.to_string(),
+            p.kernel_id.to_string(),
+            attachments_of(p),
+            p.loaded_at.clone(),
+        ];
+        if verbose {
+            row.extend([p.default_mode.to_string(), p.source.clone(), p.maps.join(",")]);
+        }
+        t.add_row(row);
+    }
+    format!("{t}\n")
+}
+
+pub fn stats(rows: &[ProgramStats]) -> String {
+    if rows.is_empty() {
+        return "no programs loaded\n".into();
+    }
+    let mut t = table(&[
+        "PROGRAM", "INTERFACES", "PROCESSED", "BYTES", "PASSED", "BYTES", "DROPPED", "BYTES", "DROP REASONS",
+    ]);
+    for r in rows {
+        let interfaces = if r.interfaces.is_empty() { "-".into() } else { r.interfaces.join(",") };
+        let c = r.counters.clone();
+        let cells = match &c {
+            Some(c) => counter_cells(c),
+            None => vec!["n/a".to_string(); 7],
+        };
+        let mut row = vec![r.program_id.clone(), interfaces];
+        row.extend(cells);
+        t.add_row(row);
+    }
+    format!("{t}\n")
+}
+
+fn counter_cells(c: &PacketCounters) -> Vec<String> {
+    let reasons: Vec<String> = c
+        .dropped_by_reason
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    vec![
+        c.processed_packets.to_string(),
+        c.processed_bytes.to_string(),
+        c.passed_packets.to_string(),
+        c.passed_bytes.to_string(),
+        c.dropped_packets.to_string(),
+        c.dropped_bytes.to_string(),
+        if reasons.is_empty() { "-".into() } else { reasons.join(" ") },
+    ]
+}
+
+pub fn health(h: &Health) -> String {
+    let mut t = table(&["CHECK", "STATUS", "MESSAGE"]);
+    for (name, c) in &h.checks {
+        t.add_row(vec![name.clone(), c.status.as_str().to_string(), c.message.clone()]);
+    }
+    format!("status: {}\n\n{t}\n", h.status.as_str())
+}

@@ -1,0 +1,278 @@
+//! The control socket: frames in, requests to the actors, frames out. A client's mistake
+//! (garbage, a wrong version, an oversized frame, an impossible request) gets an error
+//! response; it never stops the daemon or disturbs other clients.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actors::api::{
+    self, ApiError, Attachment, Check, ErrorKind, Health, HealthStatus, InterfaceAttachment,
+    PacketCounters, ProgramStats, Request, Response, Status,
+};
+use actors::interfaces::InterfacesMsg;
+use actors::loader::LoaderMsg;
+use actors::rpc::ask;
+use ractor::ActorRef;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::root::{INTERFACES, LOADER, RootMsg};
+
+/// A client that starts a frame must finish it within this time.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Control {
+    pub started: Instant,
+    pub root: ActorRef<RootMsg>,
+}
+
+impl Control {
+    /// Accepts clients until the listener is dropped; each client runs on its own task.
+    pub async fn serve(self, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let control = self.clone();
+                    tokio::spawn(async move { control.client(stream).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accepting a control client failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn client(&self, mut stream: UnixStream) {
+        loop {
+            let mut prefix = [0u8; 4];
+            if stream.read_exact(&mut prefix).await.is_err() {
+                return; // the client closed the connection
+            }
+            let len = match api::frame_len(prefix) {
+                Ok(len) => len,
+                Err(e) => {
+                    // The stream cannot be resynchronised after a bad length: answer, close.
+                    let _ = send(&mut stream, &protocol_error(e)).await;
+                    return;
+                }
+            };
+            let mut body = vec![0u8; len];
+            match tokio::time::timeout(READ_TIMEOUT, stream.read_exact(&mut body)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let e = ApiError::new(
+                        ErrorKind::Protocol,
+                        format!("the frame was announced as {len} bytes but did not arrive within {}s", READ_TIMEOUT.as_secs()),
+                    );
+                    let _ = send(&mut stream, &Response::Error(e)).await;
+                    return;
+                }
+            }
+            let response = match api::decode_body::<Request>(&body) {
+                Ok(request) => {
+                    debug!(?request, "request");
+                    self.dispatch(request).await
+                }
+                Err(e) => protocol_error(e),
+            };
+            if send(&mut stream, &response).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub async fn dispatch(&self, request: Request) -> Response {
+        match self.try_dispatch(request).await {
+            Ok(r) => r,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    async fn try_dispatch(&self, request: Request) -> Result<Response, ApiError> {
+        let (loader, interfaces) = children()?;
+        Ok(match request {
+            Request::Status => Response::Status(self.status(&loader, &interfaces).await?),
+            Request::Load { name, mode } => Response::Loaded(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Load { name, mode, reply }).await??,
+            ),
+            Request::Attach {
+                program_id,
+                interface,
+                mode,
+            } => Response::Attached(
+                ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Attach {
+                    program_id,
+                    interface,
+                    mode,
+                    reply,
+                })
+                .await??,
+            ),
+            Request::Detach {
+                program_id,
+                interface,
+            } => Response::Detached(
+                ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Detach {
+                    program_id,
+                    interface,
+                    reply,
+                })
+                .await??,
+            ),
+            Request::Unload { program_id } => {
+                // Check the id first so that an unknown id changes nothing.
+                let programs = ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+                if programs.iter().any(|p| p.id == program_id) {
+                    ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::DetachProgram {
+                        program_id: program_id.clone(),
+                        reply,
+                    })
+                    .await?;
+                }
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Unload {
+                    program_id: program_id.clone(),
+                    reply,
+                })
+                .await??;
+                Response::Unloaded { program_id }
+            }
+            Request::Programs => {
+                let attachments = attachments(&interfaces).await?;
+                let mut programs = ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+                for p in &mut programs {
+                    p.attachments = attachments
+                        .iter()
+                        .filter(|a| a.program_id == p.id)
+                        .map(|a| InterfaceAttachment {
+                            interface: a.interface.clone(),
+                            mode: a.mode,
+                        })
+                        .collect();
+                }
+                Response::Programs(programs)
+            }
+            Request::Stats => Response::Stats(stats(&loader, &interfaces).await?),
+            Request::Health => Response::Health(self.health(&loader, &interfaces).await),
+        })
+    }
+
+    async fn status(
+        &self,
+        loader: &ActorRef<LoaderMsg>,
+        interfaces: &ActorRef<InterfacesMsg>,
+    ) -> Result<Status, ApiError> {
+        let programs = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+        let attachments = attachments(interfaces).await?;
+        let mut total = PacketCounters::default();
+        for row in stats(loader, interfaces).await? {
+            if let Some(c) = row.counters {
+                total.processed_packets += c.processed_packets;
+                total.passed_packets += c.passed_packets;
+                total.dropped_packets += c.dropped_packets;
+            }
+        }
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            programs_loaded: programs.len(),
+            attachments,
+            processed_packets: total.processed_packets,
+            passed_packets: total.passed_packets,
+            blocked_packets: total.dropped_packets,
+        })
+    }
+
+    async fn health(&self, loader: &ActorRef<LoaderMsg>, interfaces: &ActorRef<InterfacesMsg>) -> Health {
+        let mut checks = BTreeMap::new();
+        let check = |status, message: String| Check { status, message };
+        let report = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report { reply })
+            .await
+            .unwrap_or_default();
+        let programs = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await;
+        checks.insert(
+            "programs".to_string(),
+            match (&programs, &report.startup_error) {
+                (Err(e), _) => check(HealthStatus::Unhealthy, e.message.clone()),
+                (Ok(_), Some(e)) => check(HealthStatus::Unhealthy, e.clone()),
+                (Ok(p), None) => check(HealthStatus::Healthy, format!("{} loaded", p.len())),
+            },
+        );
+        let verified = ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Verify { reply }).await;
+        checks.insert(
+            "attachments".to_string(),
+            match &verified {
+                Err(e) => check(HealthStatus::Unhealthy, e.message.clone()),
+                Ok(r) if !r.problems.is_empty() => check(
+                    HealthStatus::Unhealthy,
+                    r.problems.iter().map(|(i, why)| format!("{i}: {why}")).collect::<Vec<_>>().join("; "),
+                ),
+                Ok(r) => check(HealthStatus::Healthy, format!("{} attached and present", r.attachments)),
+            },
+        );
+        let restarts = report.restarts + verified.as_ref().map(|r| r.restarts).unwrap_or(0);
+        checks.insert(
+            "supervisor".to_string(),
+            match &report.gave_up {
+                Some(why) => check(HealthStatus::Unhealthy, why.clone()),
+                None if restarts > 0 => check(
+                    HealthStatus::Degraded,
+                    format!("{restarts} actor restart(s) since start; see the log for why"),
+                ),
+                None => check(HealthStatus::Healthy, "no actor restarts".into()),
+            },
+        );
+        Health::from_checks(checks)
+    }
+}
+
+fn children() -> Result<(ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>), ApiError> {
+    let loader = ActorRef::<LoaderMsg>::where_is(LOADER.to_string());
+    let interfaces = ActorRef::<InterfacesMsg>::where_is(INTERFACES.to_string());
+    match (loader, interfaces) {
+        (Some(l), Some(i)) => Ok((l, i)),
+        _ => Err(ApiError::new(
+            ErrorKind::Internal,
+            "the daemon's actors are restarting; try again in a moment",
+        )),
+    }
+}
+
+async fn attachments(interfaces: &ActorRef<InterfacesMsg>) -> Result<Vec<Attachment>, ApiError> {
+    ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::List { reply }).await
+}
+
+async fn stats(
+    loader: &ActorRef<LoaderMsg>,
+    interfaces: &ActorRef<InterfacesMsg>,
+) -> Result<Vec<ProgramStats>, ApiError> {
+    let attachments = attachments(interfaces).await?;
+    let counters = ask(loader, "LoaderActor", |reply| LoaderMsg::Counters { reply }).await?;
+    Ok(counters
+        .into_iter()
+        .map(|(program_id, counters)| ProgramStats {
+            interfaces: attachments
+                .iter()
+                .filter(|a| a.program_id == program_id)
+                .map(|a| a.interface.clone())
+                .collect(),
+            program_id,
+            counters,
+        })
+        .collect())
+}
+
+fn protocol_error(e: api::FrameError) -> Response {
+    Response::Error(ApiError::new(ErrorKind::Protocol, format!("bad request frame: {e}")))
+}
+
+async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let frame = api::encode_frame(response).unwrap_or_else(|e| {
+        let fallback = Response::Error(ApiError::new(ErrorKind::Internal, format!("response too large: {e}")));
+        api::encode_frame(&fallback).expect("a short error always encodes")
+    });
+    stream.write_all(&frame).await
+}

@@ -1,0 +1,216 @@
+//! RootSupervisor: the top of the supervision tree (rest_for_one). Its children, in start
+//! order, are the LoaderActor and the InterfaceSupervisor. If the loader dies, the programs it
+//! held are gone, so everything after it restarts too; if the InterfaceSupervisor dies, only
+//! it restarts. After a restart the startup plan (auto-load) runs again.
+
+use std::time::Instant;
+
+use actors::api::{ApiError, AttachMode};
+use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
+use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
+use actors::restart::RestartIntensity;
+use actors::rpc::ask;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+/// Registry names of the root's children, so the control socket finds the live ones.
+pub const LOADER: &str = "x0tta6bl4.loader";
+pub const INTERFACES: &str = "x0tta6bl4.interfaces";
+
+/// What the daemon does at start (and again after its children restart).
+#[derive(Debug, Clone)]
+pub struct StartupPlan {
+    pub programs_dir: std::path::PathBuf,
+    pub firewall: FirewallSettings,
+    /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
+    pub auto_attach: Option<(String, AttachMode)>,
+}
+
+pub enum RootMsg {
+    /// Startup problems and restart count, for `health`.
+    Report { reply: RpcReplyPort<RootReport> },
+    /// Runs the startup plan (sent to itself after start and after restarts).
+    RunPlan,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RootReport {
+    pub startup_error: Option<String>,
+    pub restarts: u64,
+    pub gave_up: Option<String>,
+}
+
+pub struct RootState {
+    plan: StartupPlan,
+    loader: Option<ActorRef<LoaderMsg>>,
+    interfaces: Option<ActorRef<InterfacesMsg>>,
+    report: RootReport,
+    intensity: RestartIntensity,
+}
+
+pub struct RootSupervisor;
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = StartupPlan;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        plan: StartupPlan,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let mut state = RootState {
+            plan,
+            loader: None,
+            interfaces: None,
+            report: RootReport::default(),
+            intensity: RestartIntensity::default(),
+        };
+        state.start_children(&myself).await?;
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.cast(RootMsg::RunPlan)?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Report { reply } => {
+                let _ = reply.send(state.report.clone());
+            }
+            RootMsg::RunPlan => {
+                state.report.startup_error = state.run_plan().await.err().map(|e| e.message);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+            }
+            _ => return Ok(()),
+        };
+        let is_loader = state.loader.as_ref().is_some_and(|l| l.get_id() == cell.get_id());
+        let is_interfaces = state.interfaces.as_ref().is_some_and(|i| i.get_id() == cell.get_id());
+        if !is_loader && !is_interfaces {
+            return Ok(());
+        }
+        let who = if is_loader { "LoaderActor" } else { "InterfaceSupervisor" };
+        error!(actor = who, %why, "child of the root supervisor died");
+        if !state.intensity.allow(Instant::now()) {
+            let reason = format!(
+                "{who} died more than {}; the daemon stops restarting it (last: {why})",
+                state.intensity.describe()
+            );
+            error!("{reason}");
+            state.report.gave_up = Some(reason);
+            return Ok(());
+        }
+        state.report.restarts += 1;
+        // rest_for_one: the loader comes first, so its death takes the interfaces down too.
+        if is_loader {
+            if let Some(i) = state.interfaces.take() {
+                i.unlink(myself.get_cell());
+                i.stop(Some("LoaderActor restarted".into()));
+            }
+            state.loader = None;
+            // The registry frees a name only once the old actor has fully stopped.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            state.start_children(&myself).await?;
+        } else {
+            state.interfaces = None;
+            state.start_interfaces(&myself).await?;
+        }
+        myself.cast(RootMsg::RunPlan)?;
+        Ok(())
+    }
+}
+
+impl RootState {
+    async fn start_children(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+        let (loader, _) = Actor::spawn_linked(
+            Some(LOADER.into()),
+            LoaderActor,
+            LoaderArgs {
+                programs_dir: self.plan.programs_dir.clone(),
+                firewall: self.plan.firewall.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.loader = Some(loader);
+        self.start_interfaces(myself).await
+    }
+
+    async fn start_interfaces(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+        let loader = self.loader.clone().ok_or("the loader is not running")?;
+        let (interfaces, _) = Actor::spawn_linked(
+            Some(INTERFACES.into()),
+            InterfaceSupervisor,
+            InterfacesArgs {
+                loader,
+                intensity: RestartIntensity::default,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.interfaces = Some(interfaces);
+        Ok(())
+    }
+
+    async fn run_plan(&mut self) -> Result<(), ApiError> {
+        let Some((interface, mode)) = self.plan.auto_attach.clone() else {
+            return Ok(());
+        };
+        let (Some(loader), Some(interfaces)) = (&self.loader, &self.interfaces) else {
+            return Ok(());
+        };
+        let already = ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::List { reply }).await?;
+        if already.iter().any(|a| a.interface == interface) {
+            return Ok(());
+        }
+        let result = async {
+            let info = ask(loader, "LoaderActor", |reply| LoaderMsg::Load {
+                name: "xdp_firewall".into(),
+                mode: Some(mode),
+                reply,
+            })
+            .await??;
+            ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Attach {
+                program_id: info.id.clone(),
+                interface: interface.clone(),
+                mode: Some(mode),
+                reply,
+            })
+            .await?
+        }
+        .await;
+        match &result {
+            Ok(a) => info!(program_id = %a.program_id, %interface, mode = %a.mode, "auto-loaded xdp_firewall"),
+            Err(e) => warn!(%interface, error = %e, "auto-loading xdp_firewall failed"),
+        }
+        result.map(|_| ()).map_err(|e| {
+            ApiError::new(e.kind, format!("auto-loading xdp_firewall on {interface} failed: {e}"))
+        })
+    }
+}
