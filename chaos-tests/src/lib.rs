@@ -1,0 +1,349 @@
+//! The testbed the integration tests (and, later, the chaos scenarios) stand on: network
+//! namespaces joined by veth pairs, the real daemon started inside one of them, and the real
+//! CLI. Every piece is an RAII guard, so a failing test still removes what it created.
+//!
+//! Tests that need root fail loudly through [`require_root`]; they never skip.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Panics with a clear message unless this process can load BPF programs and create netns.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (BPF, network namespaces, veth): run it as root, e.g. \
+             `sudo -E cargo xtask test`; it does not skip"
+        );
+    }
+}
+
+/// Runs `cmd`, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? `cargo xtask setup` installs it)"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("x0t{}{}{}", tag, std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = unique(tag);
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this namespace. `nsenter` rather than `ip netns exec`:
+    /// the latter remounts /sys, which hides bpffs.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        cmd
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Output {
+        run(self.command(argv[0]).args(&argv[1..]))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (for sockets made in-process).
+    pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(self.path()).expect("open netns file");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("setns into the test namespace");
+                f()
+            })
+            .join()
+            .expect("thread inside the test namespace panicked")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Two hosts joined by a veth pair: `a` (where the daemon runs) and `b` (the traffic source).
+/// IPv6 is off and neighbours are static, so the only packets on the wire are the test's own
+/// and counters can be compared exactly.
+pub struct TwoHosts {
+    pub a: NetNs,
+    pub b: NetNs,
+    /// Interface in `a`.
+    pub if_a: String,
+    /// Interface in `b`.
+    pub if_b: String,
+    pub ip_a: Ipv4Addr,
+    /// `b`'s addresses: the first is allowed by the test configs, the second is denied.
+    pub ips_b: [Ipv4Addr; 2],
+}
+
+impl TwoHosts {
+    pub fn new() -> TwoHosts {
+        require_root();
+        let a = NetNs::new("a");
+        let b = NetNs::new("b");
+        let if_a = unique("va");
+        let if_b = unique("vb");
+        run(Command::new("ip").args([
+            "link", "add", &if_a, "netns", &a.name, "type", "veth", "peer", "name", &if_b, "netns", &b.name,
+        ]));
+        let ip_a = Ipv4Addr::new(10, 77, 0, 1);
+        let ips_b = [Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 3)];
+        for (ns, ifname) in [(&a, &if_a), (&b, &if_b)] {
+            ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]);
+            ns.exec(&["sysctl", "-q", "-w", &format!("net.ipv6.conf.{ifname}.disable_ipv6=1")]);
+        }
+        a.exec(&["ip", "addr", "add", &format!("{ip_a}/24"), "dev", &if_a]);
+        for ip in ips_b {
+            b.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &if_b]);
+        }
+        a.exec(&["ip", "link", "set", &if_a, "up"]);
+        b.exec(&["ip", "link", "set", &if_b, "up"]);
+        let mac = |ns: &NetNs, ifname: &str| {
+            let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let mac_a = mac(&a, &if_a);
+        let mac_b = mac(&b, &if_b);
+        b.exec(&["ip", "neigh", "replace", &ip_a.to_string(), "lladdr", &mac_a, "dev", &if_b, "nud", "permanent"]);
+        for ip in ips_b {
+            a.exec(&["ip", "neigh", "replace", &ip.to_string(), "lladdr", &mac_b, "dev", &if_a, "nud", "permanent"]);
+        }
+        TwoHosts {
+            a,
+            b,
+            if_a,
+            if_b,
+            ip_a,
+            ips_b,
+        }
+    }
+
+    /// Sends `count` UDP datagrams of `payload` bytes from `b` (bound to `from`) to `a`.
+    pub fn send_udp(&self, from: Ipv4Addr, port: u16, count: usize, payload: usize) {
+        let to = SocketAddrV4::new(self.ip_a, port);
+        self.b.within(|| {
+            let socket = UdpSocket::bind(SocketAddrV4::new(from, 0)).expect("bind UDP sender");
+            let data = vec![0x5au8; payload];
+            for _ in 0..count {
+                socket.send_to(&data, to).expect("send UDP datagram");
+            }
+        });
+    }
+
+    /// Pings `a` from `b` (bound to `from`); returns how many replies came back.
+    pub fn ping(&self, from: Ipv4Addr, count: u32) -> u32 {
+        let out = self
+            .b
+            .command("ping")
+            .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1", "-I"])
+            .arg(from.to_string())
+            .arg(self.ip_a.to_string())
+            .output()
+            .expect("run ping (package iputils-ping; `cargo xtask setup` installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+    }
+}
+
+impl Default for TwoHosts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The directory holding the workspace's built binaries (`target/debug` or `target/release`),
+/// found from the test executable (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        panic!(
+            "{} is not built; build the binaries first (`cargo build --bins`, which `cargo xtask test` does)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A running `x0tta6bl4-ebpfd` inside a namespace, with its own socket, pins, state and log.
+/// Dropping it sends SIGTERM (then SIGKILL) and removes its files.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub pin_root: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with `extra_config` appended to a config that sets every path.
+    pub fn start(ns: &NetNs, extra_config: &str) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("x0t-daemon").tempdir().expect("tempdir");
+        let socket = dir.path().join("ebpf.sock");
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("pins")));
+        let log = dir.path().join("daemon.log");
+        let config = dir.path().join("ebpf.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{extra_config}\n",
+                socket.display(),
+                pin_root.display(),
+                dir.path().join("state").display(),
+                dir.path().join("ebpfd.log").display(),
+                dir.path().join("programs").display(),
+            ),
+        )
+        .expect("write daemon config");
+        std::fs::create_dir_all(dir.path().join("programs")).unwrap();
+        let stderr = File::create(&log).expect("daemon log");
+        let child = ns
+            .command(binary("x0tta6bl4-ebpfd").to_str().unwrap())
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn x0tta6bl4-ebpfd");
+        let mut daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            pin_root,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("x0tta6bl4-ebpfd exited at start ({status}):\n{}", self.log_text());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("x0tta6bl4-ebpfd did not open its socket within 20s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the real CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("x0tta6bl4-ebpf"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run x0tta6bl4-ebpf")
+    }
+
+    /// Runs the CLI, asserts success, and parses its `--json` output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "x0tta6bl4-ebpf {args:?} failed:\n{}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // The child is nsenter, which exec()s the daemon: the pid is the daemon's.
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().expect("wait for killed daemon");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let _ = std::fs::remove_dir(&self.pin_root);
+    }
+}
+
+/// Whether the kernel still has a program with this id (`bpftool prog show`).
+pub fn kernel_has_program(id: u64) -> bool {
+    bpftool_ids(&["prog", "show"], "id").contains(&id)
+}
+
+/// Program ids that some bpf_link in the kernel points at (`bpftool link show`).
+pub fn kernel_linked_programs() -> Vec<u64> {
+    bpftool_ids(&["link", "show"], "prog_id")
+}
+
+fn bpftool_ids(args: &[&str], field: &str) -> Vec<u64> {
+    let out = run(Command::new("bpftool").arg("--json").args(args));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool --json output");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p[field].as_u64())
+        .collect()
+}
