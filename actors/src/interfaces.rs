@@ -270,6 +270,15 @@ impl InterfacesState {
         interface: &str,
         mode: Option<AttachMode>,
     ) -> Result<Attachment, ApiError> {
+        // An unknown program is the first thing to tell the user, before any interface state.
+        let programs = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+        if !programs.iter().any(|p| p.id == program_id) {
+            let loaded: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorKind::UnknownProgram,
+                format!("no program with id {program_id:?} (loaded: {})", if loaded.is_empty() { "none".into() } else { loaded.join(", ") }),
+            ));
+        }
         if let Some(existing) = self.attachments.get(interface).and_then(|m| m.values().next()) {
             let message = if existing.program_id == program_id {
                 format!("{program_id} is already attached to {interface} ({} mode)", existing.mode)

@@ -133,8 +133,10 @@ impl TwoHosts {
         a.exec(&["ip", "link", "set", &if_a, "up"]);
         b.exec(&["ip", "link", "set", &if_b, "up"]);
         let mac = |ns: &NetNs, ifname: &str| {
-            let out = ns.exec(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
+            // Not /sys/class/net: nsenter keeps the root namespace's /sys.
+            let out = ns.exec(&["ip", "-j", "link", "show", "dev", ifname]);
+            let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+            link[0]["address"].as_str().expect("interface has a MAC").to_string()
         };
         let mac_a = mac(&a, &if_a);
         let mac_b = mac(&b, &if_b);
