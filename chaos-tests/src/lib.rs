@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -191,10 +191,16 @@ impl Default for TwoHosts {
 }
 
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`),
-/// found from the test executable (`target/<profile>/deps/<test>`).
+/// found from the running executable: a test (`target/<profile>/deps/<test>`) or a binary
+/// such as xtask (`target/<profile>/xtask`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    let dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn binary(name: &str) -> PathBuf {

@@ -1,1 +1,89 @@
-fn main() {}
+//! `cargo xtask`: everything that is not a plain `cargo build`.
+//!
+//! - `setup`: installs what is missing (the dated nightly with rust-src, bpf-linker, Debian
+//!   packages); a no-op when everything is there.
+//! - `build`: setup, then every binary.
+//! - `run`: the demo: two namespaces joined by a veth pair, the daemon with the firewall on one
+//!   end, allowed and denied traffic from the other, the CLI's view every few seconds.
+//! - `test`: setup, build, then every test tier.
+
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Setup, then build every binary.
+    Build,
+    /// Run the demo until Ctrl-C (or --duration).
+    Run {
+        /// Stop by itself after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Setup, build, then run every test tier (unit, kernel, integration).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() {
+    let result = match Args::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build => setup::run().and_then(|_| build()),
+        Task::Run { duration } => setup::run().and_then(|_| build()).and_then(|_| demo::run(duration)),
+        Task::Test { cargo_args } => setup::run().and_then(|_| build()).and_then(|_| test(&cargo_args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    status(cargo().args(["build", "--bins", "--tests"]))
+        .context("building the workspace (a kernel-program build error points at ebpf-kern)")?;
+    println!("xtask: built in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the kernel and integration tests load BPF programs and create network namespaces: \
+             run `sudo -E cargo xtask test` (they fail rather than skip without root)"
+        );
+    }
+    let started = std::time::Instant::now();
+    status(cargo().arg("test").args(extra))?;
+    println!("xtask: tests ran in {:.0?}", started.elapsed());
+    Ok(())
+}
