@@ -322,7 +322,9 @@ impl FirewallRule {
                 (Protocol::Icmp | Protocol::Icmpv6, Some(_)) => {
                     Err(format!("{p:?} has no ports: remove \"port\" from the rule").to_lowercase())
                 }
-                (_, Some(0)) => Err("port 0 is not a port: omit \"port\" to match every port".into()),
+                (_, Some(0)) => {
+                    Err("port 0 is not a port: omit \"port\" to match every port".into())
+                }
                 _ => Ok(()),
             },
             (None, None, Some(_)) => {
@@ -346,7 +348,9 @@ pub enum FrameError {
     TooLarge { len: usize },
     #[error("empty frame (no version byte)")]
     Empty,
-    #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION}): use a CLI and daemon of the same release")]
+    #[error(
+        "protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION}): use a CLI and daemon of the same release"
+    )]
     Version { got: u8 },
     #[error("undecodable payload: {0}")]
     Decode(#[from] bincode::error::DecodeError),
@@ -430,13 +434,19 @@ mod tests {
             },
         );
         round_trip(Response::Health(Health::from_checks(checks)));
-        round_trip(Response::Error(ApiError::new(ErrorKind::UnknownInterface, "no")));
+        round_trip(Response::Error(ApiError::new(
+            ErrorKind::UnknownInterface,
+            "no",
+        )));
     }
 
     #[test]
     fn oversized_length_is_refused_before_reading() {
         let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(frame_len(prefix), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            frame_len(prefix),
+            Err(FrameError::TooLarge { .. })
+        ));
         assert!(matches!(frame_len([0; 4]), Err(FrameError::Empty)));
     }
 
@@ -467,7 +477,10 @@ mod tests {
             );
         }
         assert_eq!(Health::from_checks(checks).status, HealthStatus::Unhealthy);
-        assert_eq!(Health::from_checks(BTreeMap::new()).status, HealthStatus::Healthy);
+        assert_eq!(
+            Health::from_checks(BTreeMap::new()).status,
+            HealthStatus::Healthy
+        );
     }
 
     #[test]
@@ -491,6 +504,11 @@ mod tests {
             protocol: Some(Protocol::Icmp),
             port: Some(1),
         };
-        assert!(icmp_port.validate().unwrap_err().contains("icmp has no ports"));
+        assert!(
+            icmp_port
+                .validate()
+                .unwrap_err()
+                .contains("icmp has no ports")
+        );
     }
 }

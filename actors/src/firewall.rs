@@ -90,7 +90,9 @@ pub fn apply_rules(
                     _pad: 0,
                     port: rule.port.unwrap_or(0),
                 };
-                ports.insert(key, value, 0).map_err(map_err(maps::FW_PORTS))?;
+                ports
+                    .insert(key, value, 0)
+                    .map_err(map_err(maps::FW_PORTS))?;
             }
             (None, None) => unreachable!("validated above"),
         }

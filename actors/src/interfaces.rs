@@ -8,7 +8,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
-use crate::api::{ApiError, Attachment, AttachMode, ErrorKind};
+use crate::api::{ApiError, AttachMode, Attachment, ErrorKind};
 use crate::attach::{AttachActor, AttachMsg};
 use crate::loader::LoaderMsg;
 use crate::restart::RestartIntensity;
@@ -156,7 +156,11 @@ impl Actor for InterfaceSupervisor {
                     attachments: state.all_attachments().len(),
                 };
                 for (interface, child) in &state.children {
-                    if state.attachments.get(interface).is_none_or(|m| m.is_empty()) {
+                    if state
+                        .attachments
+                        .get(interface)
+                        .is_none_or(|m| m.is_empty())
+                    {
                         continue;
                     }
                     let what = format!("AttachActor[{interface}]");
@@ -193,23 +197,32 @@ impl Actor for InterfaceSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())))
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                format!("stopped: {}", reason.unwrap_or_else(|| "no reason".into())),
+            ),
             _ => return Ok(()),
         };
         let Some(interface) = state.interface_of(&cell) else {
             return Ok(());
         };
         state.children.remove(&interface);
-        let wanted = state.attachments.get(&interface).cloned().unwrap_or_default();
+        let wanted = state
+            .attachments
+            .get(&interface)
+            .cloned()
+            .unwrap_or_default();
         if wanted.is_empty() {
             return Ok(());
         }
         error!(%interface, %why, "AttachActor died; its links are gone");
         let now = Instant::now();
         let make = state.make_intensity;
-        let allowed = state.intensity.entry(interface.clone()).or_insert_with(make).allow(now);
+        let allowed = state
+            .intensity
+            .entry(interface.clone())
+            .or_insert_with(make)
+            .allow(now);
         if !allowed {
             let limit = state.intensity[&interface].describe();
             let reason = format!(
@@ -223,8 +236,14 @@ impl Actor for InterfaceSupervisor {
         state.restarts += 1;
         for (program_id, attachment) in wanted {
             // The failed actor took the links with it; attach again from the loader.
-            state.attachments.get_mut(&interface).map(|m| m.remove(&program_id));
-            match state.attach(&myself, &program_id, &interface, Some(attachment.mode)).await {
+            state
+                .attachments
+                .get_mut(&interface)
+                .map(|m| m.remove(&program_id));
+            match state
+                .attach(&myself, &program_id, &interface, Some(attachment.mode))
+                .await
+            {
                 Ok(_) => info!(%interface, %program_id, "re-attached after AttachActor restart"),
                 Err(e) => warn!(%interface, %program_id, error = %e, "re-attach failed"),
             }
@@ -256,9 +275,15 @@ impl InterfacesState {
         if let Some(c) = self.children.get(interface) {
             return Ok(c.clone());
         }
-        let (child, _) = Actor::spawn_linked(None, AttachActor, interface.to_string(), myself.get_cell())
-            .await
-            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("starting AttachActor[{interface}]: {e}")))?;
+        let (child, _) =
+            Actor::spawn_linked(None, AttachActor, interface.to_string(), myself.get_cell())
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!("starting AttachActor[{interface}]: {e}"),
+                    )
+                })?;
         self.children.insert(interface.to_string(), child.clone());
         Ok(child)
     }
@@ -271,17 +296,34 @@ impl InterfacesState {
         mode: Option<AttachMode>,
     ) -> Result<Attachment, ApiError> {
         // An unknown program is the first thing to tell the user, before any interface state.
-        let programs = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+        let programs = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::List {
+            reply,
+        })
+        .await?;
         if !programs.iter().any(|p| p.id == program_id) {
             let loaded: Vec<&str> = programs.iter().map(|p| p.id.as_str()).collect();
             return Err(ApiError::new(
                 ErrorKind::UnknownProgram,
-                format!("no program with id {program_id:?} (loaded: {})", if loaded.is_empty() { "none".into() } else { loaded.join(", ") }),
+                format!(
+                    "no program with id {program_id:?} (loaded: {})",
+                    if loaded.is_empty() {
+                        "none".into()
+                    } else {
+                        loaded.join(", ")
+                    }
+                ),
             ));
         }
-        if let Some(existing) = self.attachments.get(interface).and_then(|m| m.values().next()) {
+        if let Some(existing) = self
+            .attachments
+            .get(interface)
+            .and_then(|m| m.values().next())
+        {
             let message = if existing.program_id == program_id {
-                format!("{program_id} is already attached to {interface} ({} mode)", existing.mode)
+                format!(
+                    "{program_id} is already attached to {interface} ({} mode)",
+                    existing.mode
+                )
             } else {
                 format!(
                     "interface {interface} already has {} attached ({} mode); one XDP program per \
@@ -305,10 +347,12 @@ impl InterfacesState {
             program_type: new_link.program_type,
         };
         let child = self.child(myself, interface).await?;
-        ask(&child, &format!("AttachActor[{interface}]"), |reply| AttachMsg::Adopt {
-            program_id: program_id.to_string(),
-            link: new_link.link,
-            reply,
+        ask(&child, &format!("AttachActor[{interface}]"), |reply| {
+            AttachMsg::Adopt {
+                program_id: program_id.to_string(),
+                link: new_link.link,
+                reply,
+            }
         })
         .await?;
         self.given_up.remove(interface);
@@ -320,13 +364,21 @@ impl InterfacesState {
     }
 
     async fn detach(&mut self, program_id: &str, interface: &str) -> Result<Attachment, ApiError> {
-        let Some(attachment) = self.attachments.get_mut(interface).and_then(|m| m.remove(program_id)) else {
+        let Some(attachment) = self
+            .attachments
+            .get_mut(interface)
+            .and_then(|m| m.remove(program_id))
+        else {
             let here: Vec<String> = self
                 .all_attachments()
                 .iter()
                 .map(|a| format!("{} on {}", a.program_id, a.interface))
                 .collect();
-            let here = if here.is_empty() { "nothing is attached".to_string() } else { format!("attached: {}", here.join(", ")) };
+            let here = if here.is_empty() {
+                "nothing is attached".to_string()
+            } else {
+                format!("attached: {}", here.join(", "))
+            };
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!("{program_id} is not attached to {interface} ({here})"),

@@ -10,7 +10,10 @@ use aya::{Ebpf, EbpfLoader};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use crate::api::{ApiError, AttachMode, ErrorKind, FirewallRule, PacketCounters, ProgramInfo, ProgramType, RuleAction};
+use crate::api::{
+    ApiError, AttachMode, ErrorKind, FirewallRule, PacketCounters, ProgramInfo, ProgramType,
+    RuleAction,
+};
 use crate::{builtin, firewall, sys};
 
 pub enum LoaderMsg {
@@ -115,7 +118,9 @@ impl Actor for LoaderActor {
             LoaderMsg::Load { name, mode, reply } => {
                 let result = state.load(&name, mode);
                 match &result {
-                    Ok(info) => info!(program_id = %info.id, kernel_id = info.kernel_id, source = %info.source, "loaded"),
+                    Ok(info) => {
+                        info!(program_id = %info.id, kernel_id = info.kernel_id, source = %info.source, "loaded")
+                    }
                     Err(e) => warn!(name = %name, error = %e, "load refused"),
                 }
                 let _ = reply.send(result);
@@ -190,18 +195,33 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
 fn load_error(what: &str, e: ProgramError) -> ApiError {
     if let ProgramError::LoadError { verifier_log, .. } = &e {
         let log = verifier_log.to_string();
-        let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return ApiError::new(
             ErrorKind::InvalidObject,
-            format!("the kernel verifier rejected {what}; last lines of its log:\n{}", tail.join("\n")),
+            format!(
+                "the kernel verifier rejected {what}; last lines of its log:\n{}",
+                tail.join("\n")
+            ),
         );
     }
     match sys::errno(&e) {
         Some(libc::EPERM) | Some(libc::EACCES) => ApiError::new(
             ErrorKind::PermissionDenied,
-            format!("loading {what} was not permitted: the daemon needs root or CAP_BPF + CAP_NET_ADMIN"),
+            format!(
+                "loading {what} was not permitted: the daemon needs root or CAP_BPF + CAP_NET_ADMIN"
+            ),
         ),
-        _ => ApiError::new(ErrorKind::InvalidObject, format!("loading {what} failed: {}", sys::chain(&e))),
+        _ => ApiError::new(
+            ErrorKind::InvalidObject,
+            format!("loading {what} failed: {}", sys::chain(&e)),
+        ),
     }
 }
 
@@ -213,7 +233,10 @@ impl LoaderState {
         } else {
             format!("loaded: {}", loaded.join(", "))
         };
-        ApiError::new(ErrorKind::UnknownProgram, format!("no program with id {id:?} ({hint})"))
+        ApiError::new(
+            ErrorKind::UnknownProgram,
+            format!("no program with id {id:?} ({hint})"),
+        )
     }
 
     /// Resolves a user-given object name inside `programs_dir`, refusing anything that would
@@ -222,7 +245,10 @@ impl LoaderState {
         let dir = &self.programs_dir;
         let invalid = |m: String| ApiError::new(ErrorKind::InvalidRequest, m);
         let requested = Path::new(name);
-        if requested.components().any(|c| matches!(c, Component::ParentDir)) {
+        if requested
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+        {
             return Err(invalid(format!(
                 "{name:?} leaves programs_dir ({}): give a file name inside it",
                 dir.display()
@@ -259,7 +285,10 @@ impl LoaderState {
             ));
         };
         let canonical_dir = dir.canonicalize().map_err(|e| {
-            invalid(format!("programs_dir {} is not readable: {e}", dir.display()))
+            invalid(format!(
+                "programs_dir {} is not readable: {e}",
+                dir.display()
+            ))
         })?;
         let canonical = found
             .canonicalize()
@@ -281,7 +310,10 @@ impl LoaderState {
                 None => {
                     let path = self.resolve_object(name)?;
                     let bytes = std::fs::read(&path).map_err(|e| {
-                        ApiError::new(ErrorKind::InvalidObject, format!("cannot read {}: {e}", path.display()))
+                        ApiError::new(
+                            ErrorKind::InvalidObject,
+                            format!("cannot read {}: {e}", path.display()),
+                        )
                     })?;
                     sys::check_bpf_elf(&path, &bytes)
                         .map_err(|m| ApiError::new(ErrorKind::InvalidObject, m))?;
@@ -325,7 +357,10 @@ impl LoaderState {
         };
         let what = format!("program {program_name} from {source}");
         let program = ebpf.program_mut(&program_name).ok_or_else(|| {
-            ApiError::new(ErrorKind::InvalidObject, format!("{source} has no program {program_name}"))
+            ApiError::new(
+                ErrorKind::InvalidObject,
+                format!("{source} has no program {program_name}"),
+            )
         })?;
         let program_type = program_type(program);
         let loaded = match program {
@@ -337,18 +372,31 @@ impl LoaderState {
             _ => {
                 return Err(ApiError::new(
                     ErrorKind::Unsupported,
-                    format!("{what} is of a type this daemon does not load (supported: xdp, tc, cgroup_skb, socket_filter, tracepoint)"),
+                    format!(
+                        "{what} is of a type this daemon does not load (supported: xdp, tc, cgroup_skb, socket_filter, tracepoint)"
+                    ),
                 ));
             }
         };
         loaded.map_err(|e| load_error(&what, e))?;
-        let kernel_id = program
-            .info()
-            .map(|i| i.id())
-            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("reading info of {what}: {}", sys::chain(&e))))?;
+        let kernel_id = program.info().map(|i| i.id()).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("reading info of {what}: {}", sys::chain(&e)),
+            )
+        })?;
         let default_mode = if wanted_program.is_some() {
-            firewall::apply_rules(&mut ebpf, &self.firewall.rules, self.firewall.default_policy)
-                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("xdp_firewall rules: {e}")))?;
+            firewall::apply_rules(
+                &mut ebpf,
+                &self.firewall.rules,
+                self.firewall.default_policy,
+            )
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("xdp_firewall rules: {e}"),
+                )
+            })?;
             mode.unwrap_or(self.firewall.attach_mode)
         } else {
             mode.unwrap_or(AttachMode::Drv)
@@ -392,7 +440,9 @@ impl LoaderState {
         let program = loaded
             .ebpf
             .program_mut(&loaded.program_name)
-            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "program vanished from its object"))?;
+            .ok_or_else(|| {
+                ApiError::new(ErrorKind::Internal, "program vanished from its object")
+            })?;
         let xdp: &mut Xdp = program.try_into().map_err(|_| {
             ApiError::new(
                 ErrorKind::Unsupported,
@@ -400,13 +450,19 @@ impl LoaderState {
             )
         })?;
         if !sys::interface_exists(interface) {
-            return Err(ApiError::new(ErrorKind::UnknownInterface, sys::unknown_interface_message(interface)));
+            return Err(ApiError::new(
+                ErrorKind::UnknownInterface,
+                sys::unknown_interface_message(interface),
+            ));
         }
         let link_id = xdp
             .attach(interface, xdp_mode(mode))
             .map_err(|e| attach_error(program_id, interface, mode, e))?;
         let link = xdp.take_link(link_id).map_err(|e| {
-            ApiError::new(ErrorKind::Internal, format!("taking the link of {program_id}: {}", sys::chain(&e)))
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("taking the link of {program_id}: {}", sys::chain(&e)),
+            )
         })?;
         info!(program_id, interface, %mode, "attached");
         Ok(NewLink {
@@ -419,7 +475,10 @@ impl LoaderState {
 
 fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramError) -> ApiError {
     if let ProgramError::UnknownInterface { .. } = e {
-        return ApiError::new(ErrorKind::UnknownInterface, sys::unknown_interface_message(interface));
+        return ApiError::new(
+            ErrorKind::UnknownInterface,
+            sys::unknown_interface_message(interface),
+        );
     }
     let errno = sys::errno(&e);
     let detail = sys::chain(&e);
@@ -448,7 +507,9 @@ fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramE
         ),
         (Some(libc::EPERM | libc::EACCES), _) => ApiError::new(
             ErrorKind::PermissionDenied,
-            format!("attaching {program_id} to {interface} was not permitted: the daemon needs root or CAP_NET_ADMIN + CAP_BPF"),
+            format!(
+                "attaching {program_id} to {interface} was not permitted: the daemon needs root or CAP_NET_ADMIN + CAP_BPF"
+            ),
         ),
         _ => ApiError::new(
             ErrorKind::Internal,

@@ -99,12 +99,20 @@ mod tests {
     #[test]
     fn elf_check_names_what_the_file_is() {
         let p = Path::new("x.o");
-        assert!(check_bpf_elf(p, b"hello world, not an object").unwrap_err().contains("not an ELF"));
+        assert!(
+            check_bpf_elf(p, b"hello world, not an object")
+                .unwrap_err()
+                .contains("not an ELF")
+        );
         let mut host = vec![0u8; 64];
         host[..4].copy_from_slice(b"\x7fELF");
         host[5] = 1;
         host[18] = 62; // EM_X86_64
-        assert!(check_bpf_elf(p, &host).unwrap_err().contains("machine type 62"));
+        assert!(
+            check_bpf_elf(p, &host)
+                .unwrap_err()
+                .contains("machine type 62")
+        );
         host[18] = 247;
         assert!(check_bpf_elf(p, &host).is_ok());
     }

@@ -25,11 +25,18 @@ const DST_V6: &str = "fd00::1";
 
 fn require_root() {
     if !nix::unistd::geteuid().is_root() {
-        panic!("kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`; they do not skip");
+        panic!(
+            "kernel tests load BPF programs and need root: run `sudo -E cargo xtask test`; they do not skip"
+        );
     }
 }
 
-fn rule(action: RuleAction, source_ip: Option<&str>, protocol: Option<Protocol>, port: Option<u16>) -> FirewallRule {
+fn rule(
+    action: RuleAction,
+    source_ip: Option<&str>,
+    protocol: Option<Protocol>,
+    port: Option<u16>,
+) -> FirewallRule {
     FirewallRule {
         action,
         source_ip: source_ip.map(|s| s.parse::<IpAddr>().unwrap()),
@@ -53,8 +60,14 @@ fn standard_rules() -> Vec<FirewallRule> {
 
 fn firewall(rules: &[FirewallRule], default_policy: RuleAction) -> Ebpf {
     require_root();
-    let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).expect("parse the embedded xdp_firewall");
-    let program: &mut Xdp = ebpf.program_mut("xdp_firewall").unwrap().try_into().unwrap();
+    let mut ebpf = EbpfLoader::new()
+        .load(XDP_FIREWALL)
+        .expect("parse the embedded xdp_firewall");
+    let program: &mut Xdp = ebpf
+        .program_mut("xdp_firewall")
+        .unwrap()
+        .try_into()
+        .unwrap();
     program.load().expect("the verifier accepts xdp_firewall");
     apply_rules(&mut ebpf, rules, default_policy).expect("rules apply");
     ebpf
@@ -75,25 +88,33 @@ fn verdict(ebpf: &Ebpf, packet: &[u8]) -> u32 {
 }
 
 fn counters(ebpf: &Ebpf) -> PacketCounters {
-    read_counters(ebpf).unwrap().expect("xdp_firewall has counters")
+    read_counters(ebpf)
+        .unwrap()
+        .expect("xdp_firewall has counters")
 }
 
 fn v4_udp(src: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4(src, DST_V4, 64).udp(40000, dport);
+    let b = PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(src, DST_V4, 64)
+        .udp(40000, dport);
     let mut out = Vec::with_capacity(b.size(payload));
     b.write(&mut out, &vec![0u8; payload]).unwrap();
     out
 }
 
 fn v4_tcp(src: [u8; 4], dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4(src, DST_V4, 64).tcp(40000, dport, 1, 1024);
+    let b = PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(src, DST_V4, 64)
+        .tcp(40000, dport, 1, 1024);
     let mut out = Vec::new();
     b.write(&mut out, &[]).unwrap();
     out
 }
 
 fn v4_icmp(src: [u8; 4]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_B, MAC_A).ipv4(src, DST_V4, 64).icmpv4_echo_request(1, 1);
+    let b = PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(src, DST_V4, 64)
+        .icmpv4_echo_request(1, 1);
     let mut out = Vec::new();
     b.write(&mut out, &[0u8; 8]).unwrap();
     out
@@ -104,7 +125,9 @@ fn v6(src: &str) -> [u8; 16] {
 }
 
 fn v6_udp(src: &str, dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_B, MAC_A).ipv6(v6(src), v6(DST_V6), 64).udp(40000, dport);
+    let b = PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv6(v6(src), v6(DST_V6), 64)
+        .udp(40000, dport);
     let mut out = Vec::new();
     b.write(&mut out, &[1, 2, 3, 4]).unwrap();
     out
@@ -140,15 +163,47 @@ fn arp() -> Vec<u8> {
 #[test]
 fn ipv4_verdicts() {
     let fw = firewall(&standard_rules(), RuleAction::Allow);
-    assert_eq!(verdict(&fw, &v4_udp(ALLOWED_V4, 9000, 16)), XDP_PASS, "allowed source, no port rule");
-    assert_eq!(verdict(&fw, &v4_udp(DENIED_V4, 9000, 16)), XDP_DROP, "denied source");
-    assert_eq!(verdict(&fw, &v4_udp(ALLOWED_V4, 53, 16)), XDP_DROP, "UDP/53 denied");
-    assert_eq!(verdict(&fw, &v4_tcp(ALLOWED_V4, 22)), XDP_DROP, "TCP/22 denied");
-    assert_eq!(verdict(&fw, &v4_tcp(ALLOWED_V4, 80)), XDP_PASS, "TCP/80 by default policy");
-    assert_eq!(verdict(&fw, &v4_tcp(ALLOWED_V4, 443)), XDP_PASS, "TCP/443 allowed");
-    assert_eq!(verdict(&fw, &v4_icmp(ALLOWED_V4)), XDP_DROP, "all ICMP denied");
+    assert_eq!(
+        verdict(&fw, &v4_udp(ALLOWED_V4, 9000, 16)),
+        XDP_PASS,
+        "allowed source, no port rule"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_udp(DENIED_V4, 9000, 16)),
+        XDP_DROP,
+        "denied source"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_udp(ALLOWED_V4, 53, 16)),
+        XDP_DROP,
+        "UDP/53 denied"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_tcp(ALLOWED_V4, 22)),
+        XDP_DROP,
+        "TCP/22 denied"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_tcp(ALLOWED_V4, 80)),
+        XDP_PASS,
+        "TCP/80 by default policy"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_tcp(ALLOWED_V4, 443)),
+        XDP_PASS,
+        "TCP/443 allowed"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_icmp(ALLOWED_V4)),
+        XDP_DROP,
+        "all ICMP denied"
+    );
     // The source rule decides before the port rule.
-    assert_eq!(verdict(&fw, &v4_tcp(DENIED_V4, 443)), XDP_DROP, "denied source beats allowed port");
+    assert_eq!(
+        verdict(&fw, &v4_tcp(DENIED_V4, 443)),
+        XDP_DROP,
+        "denied source beats allowed port"
+    );
     assert_eq!(verdict(&fw, &arp()), XDP_PASS, "non-IP passes");
 
     let c = counters(&fw);
@@ -159,21 +214,43 @@ fn ipv4_verdicts() {
     assert_eq!(c.dropped_by_reason["port_rule"], 3);
     assert_eq!(c.dropped_by_reason["malformed"], 0);
     let udp_len = v4_udp(DENIED_V4, 9000, 16).len() as u64;
-    assert!(c.dropped_bytes >= udp_len, "dropped bytes are frame lengths");
+    assert!(
+        c.dropped_bytes >= udp_len,
+        "dropped bytes are frame lengths"
+    );
 }
 
 #[test]
 fn ipv6_verdicts() {
     let fw = firewall(&standard_rules(), RuleAction::Allow);
     assert_eq!(verdict(&fw, &v6_udp(ALLOWED_V6, 9000)), XDP_PASS);
-    assert_eq!(verdict(&fw, &v6_udp(DENIED_V6, 9000)), XDP_DROP, "denied v6 source");
-    assert_eq!(verdict(&fw, &v6_udp(ALLOWED_V6, 53)), XDP_DROP, "UDP/53 over v6");
-    assert_eq!(verdict(&fw, &v6_tcp(ALLOWED_V6, 22)), XDP_DROP, "TCP/22 over v6");
+    assert_eq!(
+        verdict(&fw, &v6_udp(DENIED_V6, 9000)),
+        XDP_DROP,
+        "denied v6 source"
+    );
+    assert_eq!(
+        verdict(&fw, &v6_udp(ALLOWED_V6, 53)),
+        XDP_DROP,
+        "UDP/53 over v6"
+    );
+    assert_eq!(
+        verdict(&fw, &v6_tcp(ALLOWED_V6, 22)),
+        XDP_DROP,
+        "TCP/22 over v6"
+    );
     assert_eq!(verdict(&fw, &v6_tcp(ALLOWED_V6, 443)), XDP_PASS);
     // The ICMP rule is for ICMPv4; ICMPv6 (neighbour discovery!) is a different protocol.
-    assert_eq!(verdict(&fw, &v6_icmp(ALLOWED_V6)), XDP_PASS, "ICMPv6 is not ICMP");
+    assert_eq!(
+        verdict(&fw, &v6_icmp(ALLOWED_V6)),
+        XDP_PASS,
+        "ICMPv6 is not ICMP"
+    );
     let c = counters(&fw);
-    assert_eq!((c.processed_packets, c.passed_packets, c.dropped_packets), (6, 3, 3));
+    assert_eq!(
+        (c.processed_packets, c.passed_packets, c.dropped_packets),
+        (6, 3, 3)
+    );
 }
 
 #[test]
@@ -185,11 +262,31 @@ fn icmpv6_rule_and_default_deny() {
     ];
     let fw = firewall(&rules, RuleAction::Drop);
     assert_eq!(verdict(&fw, &v6_icmp(ALLOWED_V6)), XDP_DROP);
-    assert_eq!(verdict(&fw, &v6_udp(ALLOWED_V6, 9000)), XDP_PASS, "allowed port under default deny");
-    assert_eq!(verdict(&fw, &v6_udp(ALLOWED_V6, 9001)), XDP_DROP, "default deny");
-    assert_eq!(verdict(&fw, &v4_tcp(ALLOWED_V4, 1)), XDP_PASS, "allowed source under default deny");
-    assert_eq!(verdict(&fw, &v4_tcp(DENIED_V4, 1)), XDP_DROP, "default deny");
-    assert_eq!(verdict(&fw, &arp()), XDP_PASS, "non-IP passes even under default deny");
+    assert_eq!(
+        verdict(&fw, &v6_udp(ALLOWED_V6, 9000)),
+        XDP_PASS,
+        "allowed port under default deny"
+    );
+    assert_eq!(
+        verdict(&fw, &v6_udp(ALLOWED_V6, 9001)),
+        XDP_DROP,
+        "default deny"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_tcp(ALLOWED_V4, 1)),
+        XDP_PASS,
+        "allowed source under default deny"
+    );
+    assert_eq!(
+        verdict(&fw, &v4_tcp(DENIED_V4, 1)),
+        XDP_DROP,
+        "default deny"
+    );
+    assert_eq!(
+        verdict(&fw, &arp()),
+        XDP_PASS,
+        "non-IP passes even under default deny"
+    );
     let c = counters(&fw);
     assert_eq!(c.dropped_by_reason["default_policy"], 2);
     assert_eq!(c.dropped_by_reason["port_rule"], 1);
@@ -199,7 +296,11 @@ fn icmpv6_rule_and_default_deny() {
 fn an_unconfigured_firewall_passes_everything() {
     require_root();
     let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).unwrap();
-    let program: &mut Xdp = ebpf.program_mut("xdp_firewall").unwrap().try_into().unwrap();
+    let program: &mut Xdp = ebpf
+        .program_mut("xdp_firewall")
+        .unwrap()
+        .try_into()
+        .unwrap();
     program.load().unwrap();
     assert_eq!(verdict(&ebpf, &v4_udp(DENIED_V4, 53, 4)), XDP_PASS);
     assert_eq!(verdict(&ebpf, &v6_tcp(DENIED_V6, 22)), XDP_PASS);
@@ -225,7 +326,10 @@ fn truncated_packets_are_dropped_as_malformed() {
         for cut in 0..*headers {
             match run(&fw, &packet[..cut]) {
                 Ok(v) => {
-                    assert!(cut >= 14, "{name} cut at {cut}: the kernel ran a frame shorter than Ethernet");
+                    assert!(
+                        cut >= 14,
+                        "{name} cut at {cut}: the kernel ran a frame shorter than Ethernet"
+                    );
                     assert_eq!(v, XDP_DROP, "{name} cut at {cut} bytes must be dropped");
                     expected_malformed += 1;
                 }
@@ -233,7 +337,11 @@ fn truncated_packets_are_dropped_as_malformed() {
             }
         }
         // With every header present (payload may be cut) the rules decide again.
-        assert_eq!(verdict(&fw, &packet[..*headers]), XDP_PASS, "{name} with complete headers");
+        assert_eq!(
+            verdict(&fw, &packet[..*headers]),
+            XDP_PASS,
+            "{name} with complete headers"
+        );
     }
     let c = counters(&fw);
     assert_eq!(c.dropped_by_reason["malformed"], expected_malformed);
@@ -252,19 +360,35 @@ fn malformed_ip_headers_are_dropped() {
     let mut long_ihl = good.clone();
     long_ihl.truncate(14 + 20 + 8);
     long_ihl[14] = 0x4f; // IHL 15 (60 bytes of options) in a 28-byte IP packet
-    assert_eq!(verdict(&fw, &long_ihl), XDP_DROP, "options beyond the frame");
+    assert_eq!(
+        verdict(&fw, &long_ihl),
+        XDP_DROP,
+        "options beyond the frame"
+    );
 
     let mut wrong_version = good.clone();
     wrong_version[14] = 0x65; // an IPv4 ethertype carrying version 6
-    assert_eq!(verdict(&fw, &wrong_version), XDP_DROP, "version does not match the ethertype");
+    assert_eq!(
+        verdict(&fw, &wrong_version),
+        XDP_DROP,
+        "version does not match the ethertype"
+    );
 
     let mut short_total = good.clone();
     short_total[16..18].copy_from_slice(&10u16.to_be_bytes()); // total length < IHL
-    assert_eq!(verdict(&fw, &short_total), XDP_DROP, "total length shorter than the header");
+    assert_eq!(
+        verdict(&fw, &short_total),
+        XDP_DROP,
+        "total length shorter than the header"
+    );
 
     let mut v6_wrong_version = v6_udp(ALLOWED_V6, 9000);
     v6_wrong_version[14] = 0x45;
-    assert_eq!(verdict(&fw, &v6_wrong_version), XDP_DROP, "IPv6 ethertype with version 4");
+    assert_eq!(
+        verdict(&fw, &v6_wrong_version),
+        XDP_DROP,
+        "IPv6 ethertype with version 4"
+    );
 
     assert_eq!(counters(&fw).dropped_by_reason["malformed"], 5);
 }
@@ -282,7 +406,11 @@ fn ipv4_options_are_skipped_to_find_the_ports() {
     with_options.extend_from_slice(&ip);
     with_options.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
     with_options.extend_from_slice(&plain[34..]);
-    assert_eq!(verdict(&fw, &with_options), XDP_DROP, "TCP/22 behind IP options");
+    assert_eq!(
+        verdict(&fw, &with_options),
+        XDP_DROP,
+        "TCP/22 behind IP options"
+    );
     assert_eq!(counters(&fw).dropped_by_reason["port_rule"], 1);
 }
 
@@ -294,13 +422,25 @@ fn non_first_fragments_match_protocol_rules_without_ports() {
     ];
     let fw = firewall(&rules, RuleAction::Allow);
     let mut udp53 = v4_udp(ALLOWED_V4, 53, 16);
-    assert_eq!(verdict(&fw, &udp53), XDP_DROP, "first fragment (offset 0) has ports");
+    assert_eq!(
+        verdict(&fw, &udp53),
+        XDP_DROP,
+        "first fragment (offset 0) has ports"
+    );
     udp53[20..22].copy_from_slice(&0x0010u16.to_be_bytes()); // fragment offset 16 * 8 bytes
     // Its bytes after the IP header are payload, not a UDP header: no port rule applies.
-    assert_eq!(verdict(&fw, &udp53), XDP_PASS, "non-first UDP fragment: port rules cannot match");
+    assert_eq!(
+        verdict(&fw, &udp53),
+        XDP_PASS,
+        "non-first UDP fragment: port rules cannot match"
+    );
     let mut tcp = v4_tcp(ALLOWED_V4, 80);
     tcp[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
-    assert_eq!(verdict(&fw, &tcp), XDP_DROP, "protocol-wide rule matches a non-first fragment");
+    assert_eq!(
+        verdict(&fw, &tcp),
+        XDP_DROP,
+        "protocol-wide rule matches a non-first fragment"
+    );
 }
 
 #[test]
@@ -312,7 +452,11 @@ fn vlan_tagged_traffic_is_filtered_too() {
         tagged.extend_from_slice(&tpid.to_be_bytes());
         tagged.extend_from_slice(&[0x00, 0x0a]); // VLAN 10
         tagged.extend_from_slice(&plain[12..]);
-        assert_eq!(verdict(&fw, &tagged), XDP_DROP, "denied source behind tag {tpid:#x}");
+        assert_eq!(
+            verdict(&fw, &tagged),
+            XDP_DROP,
+            "denied source behind tag {tpid:#x}"
+        );
         // QinQ: an 802.1ad tag, then an 802.1Q tag.
         let mut qinq = plain[..12].to_vec();
         qinq.extend_from_slice(&0x88a8u16.to_be_bytes());
@@ -335,13 +479,19 @@ fn vlan_tagged_traffic_is_filtered_too() {
 fn invalid_rules_are_refused_before_anything_is_written() {
     require_root();
     let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).unwrap();
-    let program: &mut Xdp = ebpf.program_mut("xdp_firewall").unwrap().try_into().unwrap();
+    let program: &mut Xdp = ebpf
+        .program_mut("xdp_firewall")
+        .unwrap()
+        .try_into()
+        .unwrap();
     program.load().unwrap();
     let rules = vec![
         rule(RuleAction::Drop, Some("10.0.0.66"), None, None),
         rule(RuleAction::Drop, None, None, Some(22)),
     ];
-    let err = apply_rules(&mut ebpf, &rules, RuleAction::Allow).unwrap_err().to_string();
+    let err = apply_rules(&mut ebpf, &rules, RuleAction::Allow)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rule 1"), "{err}");
     // Nothing was written: the first, valid rule is not in force either.
     assert_eq!(verdict(&ebpf, &v4_udp(DENIED_V4, 9000, 4)), XDP_PASS);

@@ -24,9 +24,9 @@ pub fn require_root() {
 
 /// Runs `cmd`, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (is it installed? `cargo xtask setup` installs it)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (is it installed? `cargo xtask setup` installs it)")
+    });
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -40,7 +40,12 @@ pub fn run(cmd: &mut Command) -> Output {
 
 fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("x0t{}{}{}", tag, std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "x0t{}{}{}",
+        tag,
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A named network namespace (`ip netns add`), deleted on drop.
@@ -65,7 +70,9 @@ impl NetNs {
     /// the latter remounts /sys, which hides bpffs.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
         cmd
     }
 
@@ -90,7 +97,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -117,14 +126,20 @@ impl TwoHosts {
         let if_a = unique("va");
         let if_b = unique("vb");
         run(Command::new("ip").args([
-            "link", "add", &if_a, "netns", &a.name, "type", "veth", "peer", "name", &if_b, "netns", &b.name,
+            "link", "add", &if_a, "netns", &a.name, "type", "veth", "peer", "name", &if_b, "netns",
+            &b.name,
         ]));
         let ip_a = Ipv4Addr::new(10, 77, 0, 1);
         let ips_b = [Ipv4Addr::new(10, 77, 0, 2), Ipv4Addr::new(10, 77, 0, 3)];
         for (ns, ifname) in [(&a, &if_a), (&b, &if_b)] {
             ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"]);
             ns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1"]);
-            ns.exec(&["sysctl", "-q", "-w", &format!("net.ipv6.conf.{ifname}.disable_ipv6=1")]);
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{ifname}.disable_ipv6=1"),
+            ]);
         }
         a.exec(&["ip", "addr", "add", &format!("{ip_a}/24"), "dev", &if_a]);
         for ip in ips_b {
@@ -135,14 +150,40 @@ impl TwoHosts {
         let mac = |ns: &NetNs, ifname: &str| {
             // Not /sys/class/net: nsenter keeps the root namespace's /sys.
             let out = ns.exec(&["ip", "-j", "link", "show", "dev", ifname]);
-            let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-            link[0]["address"].as_str().expect("interface has a MAC").to_string()
+            let link: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("ip -j output");
+            link[0]["address"]
+                .as_str()
+                .expect("interface has a MAC")
+                .to_string()
         };
         let mac_a = mac(&a, &if_a);
         let mac_b = mac(&b, &if_b);
-        b.exec(&["ip", "neigh", "replace", &ip_a.to_string(), "lladdr", &mac_a, "dev", &if_b, "nud", "permanent"]);
+        b.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &ip_a.to_string(),
+            "lladdr",
+            &mac_a,
+            "dev",
+            &if_b,
+            "nud",
+            "permanent",
+        ]);
         for ip in ips_b {
-            a.exec(&["ip", "neigh", "replace", &ip.to_string(), "lladdr", &mac_b, "dev", &if_a, "nud", "permanent"]);
+            a.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                &mac_b,
+                "dev",
+                &if_a,
+                "nud",
+                "permanent",
+            ]);
         }
         TwoHosts {
             a,
@@ -171,7 +212,17 @@ impl TwoHosts {
         let out = self
             .b
             .command("ping")
-            .args(["-n", "-q", "-c", &count.to_string(), "-i", "0.01", "-W", "1", "-I"])
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                "-I",
+            ])
             .arg(from.to_string())
             .arg(self.ip_a.to_string())
             .output()
@@ -227,7 +278,10 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon in `ns` with `extra_config` appended to a config that sets every path.
     pub fn start(ns: &NetNs, extra_config: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("x0t-daemon").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("x0t-daemon")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("ebpf.sock");
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("pins")));
         let log = dir.path().join("daemon.log");
@@ -269,14 +323,20 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("x0tta6bl4-ebpfd exited at start ({status}):\n{}", self.log_text());
+                panic!(
+                    "x0tta6bl4-ebpfd exited at start ({status}):\n{}",
+                    self.log_text()
+                );
             }
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("x0tta6bl4-ebpfd did not open its socket within 20s:\n{}", self.log_text());
+        panic!(
+            "x0tta6bl4-ebpfd did not open its socket within 20s:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -348,7 +408,8 @@ pub fn kernel_linked_programs() -> Vec<u64> {
 
 fn bpftool_ids(args: &[&str], field: &str) -> Vec<u64> {
     let out = run(Command::new("bpftool").arg("--json").args(args));
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool --json output");
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bpftool --json output");
     list.as_array()
         .into_iter()
         .flatten()

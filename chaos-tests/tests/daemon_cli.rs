@@ -54,8 +54,16 @@ fn firewall_blocks_exactly_the_denied_source(mode: &str) {
     let [allowed, denied] = hosts.ips_b;
     hosts.send_udp(allowed, 9999, 50, 100);
     hosts.send_udp(denied, 9999, 30, 100);
-    assert_eq!(hosts.ping(allowed, 5), 5, "pings from the allowed source are answered");
-    assert_eq!(hosts.ping(denied, 3), 0, "pings from the denied source are dropped");
+    assert_eq!(
+        hosts.ping(allowed, 5),
+        5,
+        "pings from the allowed source are answered"
+    );
+    assert_eq!(
+        hosts.ping(denied, 3),
+        0,
+        "pings from the denied source are dropped"
+    );
 
     // Ingress on the daemon's side: 50 + 5 allowed, 30 + 3 denied, nothing else (no ARP, no IPv6).
     let c = counters_after(&daemon, &id, 88);
@@ -81,12 +89,25 @@ fn firewall_blocks_exactly_the_denied_source(mode: &str) {
     assert!(table.contains("source_rule=33"), "{table}");
 
     assert!(kernel_has_program(kernel_id));
-    assert!(kernel_linked_programs().contains(&kernel_id), "attached through a bpf_link");
+    assert!(
+        kernel_linked_programs().contains(&kernel_id),
+        "attached through a bpf_link"
+    );
     daemon.cli_json(&["detach", &id, &hosts.if_a]);
-    assert!(!kernel_linked_programs().contains(&kernel_id), "detach removes the link");
-    assert_eq!(hosts.ping(denied, 2), 2, "with the firewall detached the denied source gets through");
+    assert!(
+        !kernel_linked_programs().contains(&kernel_id),
+        "detach removes the link"
+    );
+    assert_eq!(
+        hosts.ping(denied, 2),
+        2,
+        "with the firewall detached the denied source gets through"
+    );
     daemon.cli_json(&["unload", &id]);
-    assert!(!kernel_has_program(kernel_id), "unload removes the program from the kernel");
+    assert!(
+        !kernel_has_program(kernel_id),
+        "unload removes the program from the kernel"
+    );
     assert_eq!(daemon.cli_json(&["programs"]), Value::Array(vec![]));
 
     assert!(daemon.stop().success());
@@ -115,24 +136,42 @@ fn auto_load_attaches_at_start_and_shutdown_detaches_everything() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let programs = loop {
         let p = daemon.cli_json(&["programs"]);
-        if p[0]["attachments"].as_array().is_some_and(|a| !a.is_empty()) || Instant::now() > deadline {
+        if p[0]["attachments"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            || Instant::now() > deadline
+        {
             break p;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(programs[0]["id"], "xdp_firewall-1", "{programs}");
     assert_eq!(programs[0]["program_type"], "xdp");
-    assert_eq!(programs[0]["attachments"][0]["interface"], hosts.if_a.as_str());
+    assert_eq!(
+        programs[0]["attachments"][0]["interface"],
+        hosts.if_a.as_str()
+    );
     assert_eq!(programs[0]["attachments"][0]["mode"], "skb");
     assert!(programs[0]["loaded_at"].as_str().unwrap().ends_with('Z'));
     let kernel_id = programs[0]["kernel_id"].as_u64().unwrap();
-    assert_eq!(hosts.ping(hosts.ips_b[0], 3), 0, "ICMP is denied by the configured rule");
+    assert_eq!(
+        hosts.ping(hosts.ips_b[0], 3),
+        0,
+        "ICMP is denied by the configured rule"
+    );
     hosts.send_udp(hosts.ips_b[0], 7, 4, 10);
     let c = counters_after(&daemon, "xdp_firewall-1", 7);
-    assert_eq!((c["dropped_packets"].as_u64(), c["passed_packets"].as_u64()), (Some(3), Some(4)), "{c}");
+    assert_eq!(
+        (c["dropped_packets"].as_u64(), c["passed_packets"].as_u64()),
+        (Some(3), Some(4)),
+        "{c}"
+    );
 
     assert!(daemon.stop().success(), "SIGTERM is a clean shutdown");
-    assert!(!kernel_has_program(kernel_id), "shutdown detaches and unloads everything");
+    assert!(
+        !kernel_has_program(kernel_id),
+        "shutdown detaches and unloads everything"
+    );
     assert_eq!(hosts.ping(hosts.ips_b[0], 2), 2);
     let log = daemon.log_text();
     assert!(log.contains("shutting down"), "{log}");
@@ -142,50 +181,100 @@ fn auto_load_attaches_at_start_and_shutdown_detaches_everything() {
 fn user_errors_get_clear_messages_and_change_nothing() {
     let hosts = TwoHosts::new();
     let daemon = Daemon::start(&hosts.a, &deny_config(&hosts));
-    let id = daemon.cli_json(&["load", "xdp_firewall.o"])["id"].as_str().unwrap().to_string();
+    let id = daemon.cli_json(&["load", "xdp_firewall.o"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     daemon.cli_json(&["attach", &id, &hosts.if_a]);
     let before = daemon.cli_json(&["programs"]);
 
     let refused = |args: &[&str], needles: &[&str]| {
         let out = daemon.cli(args);
-        assert_eq!(out.status.code(), Some(1), "{args:?} must be refused with exit code 1");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} must be refused with exit code 1"
+        );
         let err = stderr(&out);
         for needle in needles {
-            assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{args:?}: {err:?} should mention {needle:?}"
+            );
         }
         assert_eq!(err.trim().lines().count(), 1, "one line: {err:?}");
     };
-    refused(&["attach", &id, "nosuch0"], &["nosuch0 does not exist", &hosts.if_a, "lo"]);
-    refused(&["detach", "xdp_firewall-9", &hosts.if_a], &["not attached"]);
+    refused(
+        &["attach", &id, "nosuch0"],
+        &["nosuch0 does not exist", &hosts.if_a, "lo"],
+    );
+    refused(
+        &["detach", "xdp_firewall-9", &hosts.if_a],
+        &["not attached"],
+    );
     refused(&["unload", "xdp_firewall-9"], &["xdp_firewall-9", &id]);
-    refused(&["attach", "nope-1", &hosts.if_a], &["no program with id", &id]);
+    refused(
+        &["attach", "nope-1", &hosts.if_a],
+        &["no program with id", &id],
+    );
     refused(&["load", "../../etc/passwd"], &["leaves programs_dir"]);
-    refused(&["load", "missing.o"], &["no program \"missing.o\"", "xdp_firewall (built-in)"]);
-    std::fs::write(daemon.dir.path().join("programs/garbage.o"), b"this is not an object file").unwrap();
+    refused(
+        &["load", "missing.o"],
+        &["no program \"missing.o\"", "xdp_firewall (built-in)"],
+    );
+    std::fs::write(
+        daemon.dir.path().join("programs/garbage.o"),
+        b"this is not an object file",
+    )
+    .unwrap();
     refused(&["load", "garbage.o"], &["not an ELF object"]);
     std::fs::copy("/bin/true", daemon.dir.path().join("programs/host.o")).unwrap();
     refused(&["load", "host"], &["machine type 62", "not BPF"]);
-    refused(&["attach", &id, "lo", "--mode", "drv"], &["no native XDP", "--mode skb"]);
+    refused(
+        &["attach", &id, "lo", "--mode", "drv"],
+        &["no native XDP", "--mode skb"],
+    );
     refused(&["attach", &id, &hosts.if_a], &["already attached"]);
-    let second = daemon.cli_json(&["load", "xdp_firewall"])["id"].as_str().unwrap().to_string();
-    refused(&["attach", &second, &hosts.if_a], &["already has", &id, "detach it first"]);
-    let hw = daemon.cli_json(&["load", "xdp_firewall", "--mode", "hw"])["id"].as_str().unwrap().to_string();
+    let second = daemon.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    refused(
+        &["attach", &second, &hosts.if_a],
+        &["already has", &id, "detach it first"],
+    );
+    let hw = daemon.cli_json(&["load", "xdp_firewall", "--mode", "hw"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     refused(&["attach", &hw, "lo"], &["cannot offload", "--mode skb"]);
 
     // A program this daemon does not manage: another daemon's, on a fresh pair.
     let other_hosts = TwoHosts::new();
     let other = Daemon::start(&other_hosts.a, "auto_load_programs = false\n");
-    let other_id = other.cli_json(&["load", "xdp_firewall"])["id"].as_str().unwrap().to_string();
+    let other_id = other.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     other.cli_json(&["attach", &other_id, &other_hosts.if_a, "--mode", "skb"]);
     let foreign = Daemon::start(&other_hosts.a, "auto_load_programs = false\n");
-    let fid = foreign.cli_json(&["load", "xdp_firewall"])["id"].as_str().unwrap().to_string();
+    let fid = foreign.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = foreign.cli(&["attach", &fid, &other_hosts.if_a, "--mode", "skb"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("does not manage"), "{}", stderr(&out));
 
     // Usage errors exit 2.
     assert_eq!(daemon.cli(&["attach", &id]).status.code(), Some(2));
-    assert_eq!(daemon.cli(&["attach", &id, "lo", "--mode", "turbo"]).status.code(), Some(2));
+    assert_eq!(
+        daemon
+            .cli(&["attach", &id, "lo", "--mode", "turbo"])
+            .status
+            .code(),
+        Some(2)
+    );
 
     // Refusals changed nothing but the programs loaded on purpose.
     let after = daemon.cli_json(&["programs"]);
@@ -215,7 +304,11 @@ fn bad_frames_get_errors_and_the_daemon_goes_on() {
     let is_protocol_error = |r: actors::api::Response, needle: &str| match r {
         actors::api::Response::Error(e) => {
             assert_eq!(e.kind, actors::api::ErrorKind::Protocol);
-            assert!(e.message.contains(needle), "{} should mention {needle}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{} should mention {needle}",
+                e.message
+            );
         }
         other => panic!("expected a protocol error, got {other:?}"),
     };
@@ -229,7 +322,10 @@ fn bad_frames_get_errors_and_the_daemon_goes_on() {
     // Garbage payload in a well-formed frame.
     let mut garbage = 6u32.to_be_bytes().to_vec();
     garbage.extend_from_slice(&[actors::api::PROTOCOL_VERSION, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
-    is_protocol_error(decode(&raw_exchange(&daemon.socket, &garbage)), "undecodable");
+    is_protocol_error(
+        decode(&raw_exchange(&daemon.socket, &garbage)),
+        "undecodable",
+    );
     // A client that connects and leaves at once.
     drop(UnixStream::connect(&daemon.socket).unwrap());
 
@@ -259,10 +355,7 @@ fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
     let stale = stale_dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let mut second = Daemon::start(
-        &hosts.a,
-        &format!("auto_load_programs = false\n"),
-    );
+    let mut second = Daemon::start(&hosts.a, "auto_load_programs = false\n");
     // Restart `second` on the stale path by hand, through its CLI flag.
     second.stop();
     let out = hosts
@@ -288,7 +381,10 @@ fn one_daemon_per_socket_and_stale_sockets_are_replaced() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(&stale).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not take over the stale socket");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not take over the stale socket"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = nix::sys::signal::kill(
@@ -326,7 +422,10 @@ fn config_errors_name_the_key_and_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("monitoring_interval") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("monitoring_interval") && err.contains("bad.toml"),
+        "{err}"
+    );
     std::fs::write(&config, "prometheus_port = 9100\n").unwrap();
     let out = std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpfd"))
         .arg("--config")

@@ -19,8 +19,12 @@ pub fn call(socket: &Path, timeout: Duration, request: &Request) -> Result<Respo
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => "no such socket".to_string(),
-            std::io::ErrorKind::ConnectionRefused => "connection refused (a stale socket: the daemon is gone)".to_string(),
-            std::io::ErrorKind::PermissionDenied => "permission denied (run as root or as a member of the socket's group)".to_string(),
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (a stale socket: the daemon is gone)".to_string()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (run as root or as a member of the socket's group)".to_string()
+            }
             _ => e.to_string(),
         };
         ClientError::Unreachable(format!(
@@ -30,12 +34,18 @@ pub fn call(socket: &Path, timeout: Duration, request: &Request) -> Result<Respo
         ))
     })?;
     let exchange = |e: std::io::Error| {
-        let why = if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        let why = if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             format!("no answer within {}s (raise --timeout)", timeout.as_secs())
         } else {
             e.to_string()
         };
-        ClientError::Exchange(format!("talking to x0tta6bl4-ebpfd at {}: {why}", socket.display()))
+        ClientError::Exchange(format!(
+            "talking to x0tta6bl4-ebpfd at {}: {why}",
+            socket.display()
+        ))
     };
     stream.set_read_timeout(Some(timeout)).map_err(exchange)?;
     stream.set_write_timeout(Some(timeout)).map_err(exchange)?;
@@ -43,7 +53,8 @@ pub fn call(socket: &Path, timeout: Duration, request: &Request) -> Result<Respo
     stream.write_all(&frame).map_err(exchange)?;
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).map_err(exchange)?;
-    let len = api::frame_len(prefix).map_err(|e| ClientError::Exchange(format!("bad response: {e}")))?;
+    let len =
+        api::frame_len(prefix).map_err(|e| ClientError::Exchange(format!("bad response: {e}")))?;
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).map_err(exchange)?;
     api::decode_body(&body).map_err(|e| ClientError::Exchange(format!("bad response: {e}")))

@@ -15,7 +15,11 @@ use actors::api::{AttachMode, Request, Response};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "x0tta6bl4-ebpf", version, about = "Operate the x0tta6bl4 eBPF node daemon")]
+#[command(
+    name = "x0tta6bl4-ebpf",
+    version,
+    about = "Operate the x0tta6bl4 eBPF node daemon"
+)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "X0TTA6BL4_SOCKET", default_value = actors::api::DEFAULT_SOCKET_PATH)]
@@ -64,7 +68,10 @@ enum Command {
         mode: Option<AttachModeArg>,
     },
     /// Detach a program from an interface.
-    Detach { program_id: String, interface: String },
+    Detach {
+        program_id: String,
+        interface: String,
+    },
     /// Detach a program everywhere and unload it from the kernel.
     Unload { program_id: String },
     /// List loaded programs.
@@ -85,7 +92,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "x0tta6bl4-ebpf", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "x0tta6bl4-ebpf",
+                &mut std::io::stdout(),
+            );
             return ExitCode::SUCCESS;
         }
         Command::Status => Request::Status,
@@ -161,10 +173,15 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
             p.id, p.program_type, p.name, p.kernel_id, p.default_mode
         ),
         Response::Attached(a) if as_json => json(a),
-        Response::Attached(a) => format!("attached {} to {} ({} mode)\n", a.program_id, a.interface, a.mode),
+        Response::Attached(a) => format!(
+            "attached {} to {} ({} mode)\n",
+            a.program_id, a.interface, a.mode
+        ),
         Response::Detached(a) if as_json => json(a),
         Response::Detached(a) => format!("detached {} from {}\n", a.program_id, a.interface),
-        Response::Unloaded { program_id } if as_json => json(&serde_json::json!({ "unloaded": program_id })),
+        Response::Unloaded { program_id } if as_json => {
+            json(&serde_json::json!({ "unloaded": program_id }))
+        }
         Response::Unloaded { program_id } => format!("unloaded {program_id}\n"),
         Response::Programs(p) if as_json => json(p),
         Response::Programs(p) => render::programs(p, verbose),
@@ -199,10 +216,25 @@ mod tests {
     #[test]
     fn verbs_and_modes_parse() {
         let cli = parse(&["load", "xdp_firewall.o", "--mode", "hw"]).unwrap();
-        assert!(matches!(cli.command, Command::Load { mode: Some(LoadMode::Hw), .. }));
+        assert!(matches!(
+            cli.command,
+            Command::Load {
+                mode: Some(LoadMode::Hw),
+                ..
+            }
+        ));
         let cli = parse(&["attach", "xdp_firewall-1", "veth0", "--mode", "skb"]).unwrap();
-        assert!(matches!(cli.command, Command::Attach { mode: Some(AttachModeArg::Skb), .. }));
-        assert!(matches!(parse(&["programs", "--verbose"]).unwrap().command, Command::Programs { verbose: true }));
+        assert!(matches!(
+            cli.command,
+            Command::Attach {
+                mode: Some(AttachModeArg::Skb),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["programs", "--verbose"]).unwrap().command,
+            Command::Programs { verbose: true }
+        ));
     }
 
     #[test]

@@ -24,7 +24,12 @@ fn attachments_of(p: &ProgramInfo) -> String {
 pub fn status(s: &Status) -> String {
     let mut out = format!(
         "x0tta6bl4-ebpfd {}  up {}s\nprograms loaded: {}\npackets: {} processed, {} passed, {} blocked\n",
-        s.version, s.uptime_seconds, s.programs_loaded, s.processed_packets, s.passed_packets, s.blocked_packets
+        s.version,
+        s.uptime_seconds,
+        s.programs_loaded,
+        s.processed_packets,
+        s.passed_packets,
+        s.blocked_packets
     );
     if s.attachments.is_empty() {
         out.push_str("attachments: none\n");
@@ -67,7 +72,11 @@ pub fn programs(programs: &[ProgramInfo], verbose: bool) -> String {
             p.loaded_at.clone(),
         ];
         if verbose {
-            row.extend([p.default_mode.to_string(), p.source.clone(), p.maps.join(",")]);
+            row.extend([
+                p.default_mode.to_string(),
+                p.source.clone(),
+                p.maps.join(","),
+            ]);
         }
         t.add_row(row);
     }
@@ -79,10 +88,22 @@ pub fn stats(rows: &[ProgramStats]) -> String {
         return "no programs loaded\n".into();
     }
     let mut t = table(&[
-        "PROGRAM", "INTERFACES", "PROCESSED", "BYTES", "PASSED", "BYTES", "DROPPED", "BYTES", "DROP REASONS",
+        "PROGRAM",
+        "INTERFACES",
+        "PROCESSED",
+        "BYTES",
+        "PASSED",
+        "BYTES",
+        "DROPPED",
+        "BYTES",
+        "DROP REASONS",
     ]);
     for r in rows {
-        let interfaces = if r.interfaces.is_empty() { "-".into() } else { r.interfaces.join(",") };
+        let interfaces = if r.interfaces.is_empty() {
+            "-".into()
+        } else {
+            r.interfaces.join(",")
+        };
         let c = r.counters.clone();
         let cells = match &c {
             Some(c) => counter_cells(c),
@@ -109,14 +130,22 @@ fn counter_cells(c: &PacketCounters) -> Vec<String> {
         c.passed_bytes.to_string(),
         c.dropped_packets.to_string(),
         c.dropped_bytes.to_string(),
-        if reasons.is_empty() { "-".into() } else { reasons.join(" ") },
+        if reasons.is_empty() {
+            "-".into()
+        } else {
+            reasons.join(" ")
+        },
     ]
 }
 
 pub fn health(h: &Health) -> String {
     let mut t = table(&["CHECK", "STATUS", "MESSAGE"]);
     for (name, c) in &h.checks {
-        t.add_row(vec![name.clone(), c.status.as_str().to_string(), c.message.clone()]);
+        t.add_row(vec![
+            name.clone(),
+            c.status.as_str().to_string(),
+            c.message.clone(),
+        ]);
     }
     format!("status: {}\n\n{t}\n", h.status.as_str())
 }

@@ -115,7 +115,11 @@ impl FirewallStats {
         self.passed_bytes += other.passed_bytes;
         self.dropped_packets += other.dropped_packets;
         self.dropped_bytes += other.dropped_bytes;
-        for (sum, v) in self.dropped_by_reason.iter_mut().zip(other.dropped_by_reason) {
+        for (sum, v) in self
+            .dropped_by_reason
+            .iter_mut()
+            .zip(other.dropped_by_reason)
+        {
             *sum += v;
         }
     }

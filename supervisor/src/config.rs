@@ -131,7 +131,10 @@ impl Config {
                     return Err(invalid(
                         path,
                         format!("programs.{name}"),
-                        format!("{name} is configured both here and in {}: keep one", json_path.display()),
+                        format!(
+                            "{name} is configured both here and in {}: keep one",
+                            json_path.display()
+                        ),
                     ));
                 }
                 config.programs.insert(name, program);
@@ -143,14 +146,25 @@ impl Config {
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         if self.prometheus_port == 0 {
-            return Err(invalid(path, "prometheus_port", "must be a port between 1 and 65535"));
+            return Err(invalid(
+                path,
+                "prometheus_port",
+                "must be a port between 1 and 65535",
+            ));
         }
         for (key, value) in [
             ("latency_threshold_ms", self.latency_threshold_ms),
-            ("monitoring_interval_seconds", self.monitoring_interval_seconds),
+            (
+                "monitoring_interval_seconds",
+                self.monitoring_interval_seconds,
+            ),
         ] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(path, key, format!("must be a positive number, not {value}")));
+                return Err(invalid(
+                    path,
+                    key,
+                    format!("must be a positive number, not {value}"),
+                ));
             }
         }
         if !self.interface.is_empty() {
@@ -163,7 +177,11 @@ impl Config {
             ("log_file", &self.log_file),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(path, key, format!("must be an absolute path, not {}", p.display())));
+                return Err(invalid(
+                    path,
+                    key,
+                    format!("must be an absolute path, not {}", p.display()),
+                ));
             }
         }
         for (name, program) in &self.programs {
@@ -172,7 +190,10 @@ impl Config {
                 return Err(invalid(
                     path,
                     format!("programs.{name}"),
-                    format!("no built-in program is called {name} (known: {})", known.join(", ")),
+                    format!(
+                        "no built-in program is called {name} (known: {})",
+                        known.join(", ")
+                    ),
                 ));
             };
             if let Some(t) = &program.program_type
@@ -189,7 +210,8 @@ impl Config {
                     .map_err(|m| invalid(path, format!("programs.{name}.rules[{i}]"), m))?;
             }
             if let Some(rate) = &program.bandwidth_limit {
-                parse_rate(rate).map_err(|m| invalid(path, format!("programs.{name}.bandwidth_limit"), m))?;
+                parse_rate(rate)
+                    .map_err(|m| invalid(path, format!("programs.{name}.bandwidth_limit"), m))?;
             }
             if let Some(latency) = &program.latency_target {
                 parse_latency(latency)
@@ -224,10 +246,19 @@ fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> C
 /// Linux interface names: 1..=15 bytes, no `/`, no whitespace, not `.` or `..`.
 pub fn check_interface_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
-        return Err(format!("{name:?} is not an interface name (1 to 15 characters)"));
+        return Err(format!(
+            "{name:?} is not an interface name (1 to 15 characters)"
+        ));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(format!("{name:?} is not an interface name (no '/', ':' or spaces)"));
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{name:?} is not an interface name (no '/', ':' or spaces)"
+        ));
     }
     Ok(())
 }
@@ -235,20 +266,26 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
 /// `"100mbit"` → bits per second. Units as tc writes them: bit, kbit, mbit, gbit.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
     let multiplier = match unit {
         "bit" | "bps" => 1.0,
         "kbit" => 1e3,
         "mbit" => 1e6,
         "gbit" => 1e9,
-        _ => return Err(format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"
+            ));
+        }
     };
     let n: f64 = number
         .parse()
         .map_err(|_| format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"))?;
     let bits = n * multiplier;
-    if !(bits >= 1.0) {
+    if bits.is_nan() || bits < 1.0 {
         return Err(format!("{s:?} is not a positive rate"));
     }
     Ok(bits as u64)
@@ -257,7 +294,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 /// `"50ms"` → microseconds. Units: us, ms, s.
 pub fn parse_latency(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
     let multiplier = match unit {
         "us" => 1.0,
@@ -265,9 +304,11 @@ pub fn parse_latency(s: &str) -> Result<u64, String> {
         "s" => 1e6,
         _ => return Err(format!("{s:?} is not a duration: write e.g. 50ms")),
     };
-    let n: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration: write e.g. 50ms"))?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write e.g. 50ms"))?;
     let us = n * multiplier;
-    if !(us >= 1.0) {
+    if us.is_nan() || us < 1.0 {
         return Err(format!("{s:?} is not a positive duration"));
     }
     Ok(us as u64)
@@ -301,15 +342,21 @@ mod tests {
 
     #[test]
     fn bad_value_names_the_key() {
-        let e = parse("prometheus_port = \"ninety\"\n").unwrap_err().to_string();
+        let e = parse("prometheus_port = \"ninety\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("prometheus_port"), "{e}");
         let e = parse("prometheus_port = 0\n").unwrap_err().to_string();
         assert!(e.contains("`prometheus_port`"), "{e}");
-        let e = parse("latency_threshold_ms = -1.0\n").unwrap_err().to_string();
+        let e = parse("latency_threshold_ms = -1.0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("latency_threshold_ms"), "{e}");
         let e = parse("interface = \"a/b\"\n").unwrap_err().to_string();
         assert!(e.contains("`interface`"), "{e}");
-        let e = parse("socket_path = \"relative.sock\"\n").unwrap_err().to_string();
+        let e = parse("socket_path = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("socket_path"), "{e}");
     }
 
@@ -361,11 +408,15 @@ rules = [{ action = "allow", protocol = "icmp" }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("programs.xdp_firewall.rules[0]"), "{e}");
-        let e = parse("[programs.tc_shaper]\nbandwidth_limit = \"fast\"\n").unwrap_err().to_string();
+        let e = parse("[programs.tc_shaper]\nbandwidth_limit = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("programs.tc_shaper.bandwidth_limit"), "{e}");
         let e = parse("[programs.xdp_firwall]\n").unwrap_err().to_string();
         assert!(e.contains("xdp_firwall") && e.contains("known"), "{e}");
-        let e = parse("[programs.xdp_firewall]\ntype = \"tc\"\n").unwrap_err().to_string();
+        let e = parse("[programs.xdp_firewall]\ntype = \"tc\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("programs.xdp_firewall.type"), "{e}");
     }
 

@@ -66,7 +66,10 @@ impl Control {
                 Err(_) => {
                     let e = ApiError::new(
                         ErrorKind::Protocol,
-                        format!("the frame was announced as {len} bytes but did not arrive within {}s", READ_TIMEOUT.as_secs()),
+                        format!(
+                            "the frame was announced as {len} bytes but did not arrive within {}s",
+                            READ_TIMEOUT.as_secs()
+                        ),
                     );
                     let _ = send(&mut stream, &Response::Error(e)).await;
                     return;
@@ -97,18 +100,25 @@ impl Control {
         Ok(match request {
             Request::Status => Response::Status(self.status(&loader, &interfaces).await?),
             Request::Load { name, mode } => Response::Loaded(
-                ask(&loader, "LoaderActor", |reply| LoaderMsg::Load { name, mode, reply }).await??,
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Load {
+                    name,
+                    mode,
+                    reply,
+                })
+                .await??,
             ),
             Request::Attach {
                 program_id,
                 interface,
                 mode,
             } => Response::Attached(
-                ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Attach {
-                    program_id,
-                    interface,
-                    mode,
-                    reply,
+                ask(&interfaces, "InterfaceSupervisor", |reply| {
+                    InterfacesMsg::Attach {
+                        program_id,
+                        interface,
+                        mode,
+                        reply,
+                    }
                 })
                 .await??,
             ),
@@ -116,20 +126,25 @@ impl Control {
                 program_id,
                 interface,
             } => Response::Detached(
-                ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Detach {
-                    program_id,
-                    interface,
-                    reply,
+                ask(&interfaces, "InterfaceSupervisor", |reply| {
+                    InterfacesMsg::Detach {
+                        program_id,
+                        interface,
+                        reply,
+                    }
                 })
                 .await??,
             ),
             Request::Unload { program_id } => {
                 // Check the id first so that an unknown id changes nothing.
-                let programs = ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+                let programs =
+                    ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
                 if programs.iter().any(|p| p.id == program_id) {
-                    ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::DetachProgram {
-                        program_id: program_id.clone(),
-                        reply,
+                    ask(&interfaces, "InterfaceSupervisor", |reply| {
+                        InterfacesMsg::DetachProgram {
+                            program_id: program_id.clone(),
+                            reply,
+                        }
                     })
                     .await?;
                 }
@@ -142,7 +157,8 @@ impl Control {
             }
             Request::Programs => {
                 let attachments = attachments(&interfaces).await?;
-                let mut programs = ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+                let mut programs =
+                    ask(&loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
                 for p in &mut programs {
                     p.attachments = attachments
                         .iter()
@@ -186,12 +202,18 @@ impl Control {
         })
     }
 
-    async fn health(&self, loader: &ActorRef<LoaderMsg>, interfaces: &ActorRef<InterfacesMsg>) -> Health {
+    async fn health(
+        &self,
+        loader: &ActorRef<LoaderMsg>,
+        interfaces: &ActorRef<InterfacesMsg>,
+    ) -> Health {
         let mut checks = BTreeMap::new();
         let check = |status, message: String| Check { status, message };
-        let report = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report { reply })
-            .await
-            .unwrap_or_default();
+        let report = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
+            reply,
+        })
+        .await
+        .unwrap_or_default();
         let programs = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await;
         checks.insert(
             "programs".to_string(),
@@ -201,16 +223,26 @@ impl Control {
                 (Ok(p), None) => check(HealthStatus::Healthy, format!("{} loaded", p.len())),
             },
         );
-        let verified = ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Verify { reply }).await;
+        let verified = ask(interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::Verify { reply }
+        })
+        .await;
         checks.insert(
             "attachments".to_string(),
             match &verified {
                 Err(e) => check(HealthStatus::Unhealthy, e.message.clone()),
                 Ok(r) if !r.problems.is_empty() => check(
                     HealthStatus::Unhealthy,
-                    r.problems.iter().map(|(i, why)| format!("{i}: {why}")).collect::<Vec<_>>().join("; "),
+                    r.problems
+                        .iter()
+                        .map(|(i, why)| format!("{i}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 ),
-                Ok(r) => check(HealthStatus::Healthy, format!("{} attached and present", r.attachments)),
+                Ok(r) => check(
+                    HealthStatus::Healthy,
+                    format!("{} attached and present", r.attachments),
+                ),
             },
         );
         let restarts = report.restarts + verified.as_ref().map(|r| r.restarts).unwrap_or(0);
@@ -230,8 +262,8 @@ impl Control {
 }
 
 fn children() -> Result<(ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>), ApiError> {
-    let loader = ActorRef::<LoaderMsg>::where_is(LOADER.to_string());
-    let interfaces = ActorRef::<InterfacesMsg>::where_is(INTERFACES.to_string());
+    let loader = ActorRef::<LoaderMsg>::where_is(LOADER);
+    let interfaces = ActorRef::<InterfacesMsg>::where_is(INTERFACES);
     match (loader, interfaces) {
         (Some(l), Some(i)) => Ok((l, i)),
         _ => Err(ApiError::new(
@@ -242,7 +274,10 @@ fn children() -> Result<(ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>), ApiError
 }
 
 async fn attachments(interfaces: &ActorRef<InterfacesMsg>) -> Result<Vec<Attachment>, ApiError> {
-    ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::List { reply }).await
+    ask(interfaces, "InterfaceSupervisor", |reply| {
+        InterfacesMsg::List { reply }
+    })
+    .await
 }
 
 async fn stats(
@@ -266,12 +301,18 @@ async fn stats(
 }
 
 fn protocol_error(e: api::FrameError) -> Response {
-    Response::Error(ApiError::new(ErrorKind::Protocol, format!("bad request frame: {e}")))
+    Response::Error(ApiError::new(
+        ErrorKind::Protocol,
+        format!("bad request frame: {e}"),
+    ))
 }
 
 async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
     let frame = api::encode_frame(response).unwrap_or_else(|e| {
-        let fallback = Response::Error(ApiError::new(ErrorKind::Internal, format!("response too large: {e}")));
+        let fallback = Response::Error(ApiError::new(
+            ErrorKind::Internal,
+            format!("response too large: {e}"),
+        ));
         api::encode_frame(&fallback).expect("a short error always encodes")
     });
     stream.write_all(&frame).await

@@ -13,7 +13,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Fails with what to do when the process cannot load and attach BPF programs.
 pub fn check_privileges() -> anyhow::Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -34,7 +35,7 @@ pub fn check_privileges() -> anyhow::Result<()> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 

@@ -12,12 +12,16 @@ use clap::Parser;
 use ractor::{Actor, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
 use supervisor::control::Control;
-use supervisor::root::{INTERFACES, RootSupervisor, StartupPlan};
 use supervisor::host;
+use supervisor::root::{INTERFACES, RootSupervisor, StartupPlan};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
-#[command(name = "x0tta6bl4-ebpfd", version, about = "x0tta6bl4 eBPF node daemon")]
+#[command(
+    name = "x0tta6bl4-ebpfd",
+    version,
+    about = "x0tta6bl4 eBPF node daemon"
+)]
 struct Args {
     /// TOML config file [default: /etc/x0tta6bl4/ebpf.toml when it exists]
     #[arg(long, short)]
@@ -94,7 +98,8 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let Some(v) = &args.interface {
-        supervisor::config::check_interface_name(v).map_err(|m| anyhow::anyhow!("--interface: {m}"))?;
+        supervisor::config::check_interface_name(v)
+            .map_err(|m| anyhow::anyhow!("--interface: {m}"))?;
         config.interface = v.clone();
     }
     if let Some(v) = &args.socket_path {
@@ -122,9 +127,18 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 /// reported and skipped: the daemon still runs.
 fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter = EnvFilter::try_from_env("X0TTA6BL4_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let dir = config.log_file.parent().map(PathBuf::from).unwrap_or_else(|| "/".into());
-    let name = config.log_file.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "ebpf.log".into());
+    let filter =
+        EnvFilter::try_from_env("X0TTA6BL4_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let dir = config
+        .log_file
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/".into());
+    let name = config
+        .log_file
+        .file_name()
+        .map(|n| n.to_owned())
+        .unwrap_or_else(|| "ebpf.log".into());
     let file = std::fs::create_dir_all(&dir)
         .map_err(|e| e.to_string())
         .and_then(|_| {
@@ -138,7 +152,11 @@ fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::Worke
     let (file_layer, guard, problem) = match file {
         Ok(appender) => {
             let (writer, guard) = tracing_appender::non_blocking(appender);
-            (Some(fmt::layer().with_ansi(false).with_writer(writer)), Some(guard), None)
+            (
+                Some(fmt::layer().with_ansi(false).with_writer(writer)),
+                Some(guard),
+                None,
+            )
         }
         Err(e) => (None, None, Some(e)),
     };
@@ -167,7 +185,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         firewall,
     };
     if config.programs.contains_key("tc_shaper") {
-        tracing::warn!("programs.tc_shaper is validated but not enforced: the TC shaper is not part of this release");
+        tracing::warn!(
+            "programs.tc_shaper is validated but not enforced: the TC shaper is not part of this release"
+        );
     }
     let (root, root_handle) = Actor::spawn(None, RootSupervisor, plan)
         .await
@@ -187,8 +207,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_signal().await?;
     info!("shutting down: detaching every program");
     server.abort();
-    if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES.to_string())
-        && let Err(e) = ask(&interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::DetachAll { reply }).await
+    if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES)
+        && let Err(e) = ask(&interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::DetachAll { reply }
+        })
+        .await
     {
         error!(error = %e, "detaching at shutdown");
     }
@@ -210,4 +233,3 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     Ok(())
 }
-

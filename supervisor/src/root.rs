@@ -110,12 +110,22 @@ impl Actor for RootSupervisor {
             }
             _ => return Ok(()),
         };
-        let is_loader = state.loader.as_ref().is_some_and(|l| l.get_id() == cell.get_id());
-        let is_interfaces = state.interfaces.as_ref().is_some_and(|i| i.get_id() == cell.get_id());
+        let is_loader = state
+            .loader
+            .as_ref()
+            .is_some_and(|l| l.get_id() == cell.get_id());
+        let is_interfaces = state
+            .interfaces
+            .as_ref()
+            .is_some_and(|i| i.get_id() == cell.get_id());
         if !is_loader && !is_interfaces {
             return Ok(());
         }
-        let who = if is_loader { "LoaderActor" } else { "InterfaceSupervisor" };
+        let who = if is_loader {
+            "LoaderActor"
+        } else {
+            "InterfaceSupervisor"
+        };
         error!(actor = who, %why, "child of the root supervisor died");
         if !state.intensity.allow(Instant::now()) {
             let reason = format!(
@@ -147,7 +157,10 @@ impl Actor for RootSupervisor {
 }
 
 impl RootState {
-    async fn start_children(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start_children(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let (loader, _) = Actor::spawn_linked(
             Some(LOADER.into()),
             LoaderActor,
@@ -162,7 +175,10 @@ impl RootState {
         self.start_interfaces(myself).await
     }
 
-    async fn start_interfaces(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start_interfaces(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let loader = self.loader.clone().ok_or("the loader is not running")?;
         let (interfaces, _) = Actor::spawn_linked(
             Some(INTERFACES.into()),
@@ -185,7 +201,10 @@ impl RootState {
         let (Some(loader), Some(interfaces)) = (&self.loader, &self.interfaces) else {
             return Ok(());
         };
-        let already = ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::List { reply }).await?;
+        let already = ask(interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::List { reply }
+        })
+        .await?;
         if already.iter().any(|a| a.interface == interface) {
             return Ok(());
         }
@@ -196,21 +215,28 @@ impl RootState {
                 reply,
             })
             .await??;
-            ask(interfaces, "InterfaceSupervisor", |reply| InterfacesMsg::Attach {
-                program_id: info.id.clone(),
-                interface: interface.clone(),
-                mode: Some(mode),
-                reply,
+            ask(interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::Attach {
+                    program_id: info.id.clone(),
+                    interface: interface.clone(),
+                    mode: Some(mode),
+                    reply,
+                }
             })
             .await?
         }
         .await;
         match &result {
-            Ok(a) => info!(program_id = %a.program_id, %interface, mode = %a.mode, "auto-loaded xdp_firewall"),
+            Ok(a) => {
+                info!(program_id = %a.program_id, %interface, mode = %a.mode, "auto-loaded xdp_firewall")
+            }
             Err(e) => warn!(%interface, error = %e, "auto-loading xdp_firewall failed"),
         }
         result.map(|_| ()).map_err(|e| {
-            ApiError::new(e.kind, format!("auto-loading xdp_firewall on {interface} failed: {e}"))
+            ApiError::new(
+                e.kind,
+                format!("auto-loading xdp_firewall on {interface} failed: {e}"),
+            )
         })
     }
 }

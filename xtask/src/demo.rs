@@ -14,11 +14,14 @@ const REFRESH: Duration = Duration::from_secs(3);
 
 pub fn run(duration: Option<u64>) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("the demo creates network namespaces and loads BPF programs: run `sudo -E cargo xtask run`");
+        bail!(
+            "the demo creates network namespaces and loads BPF programs: run `sudo -E cargo xtask run`"
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
 
     let hosts = TwoHosts::new();
     let [allowed, denied] = hosts.ips_b;
@@ -27,21 +30,42 @@ pub fn run(duration: Option<u64>) -> anyhow::Result<()> {
         hosts.if_a
     );
     let mut daemon = Daemon::start(&hosts.a, &config);
-    println!("demo: namespaces {} (daemon, {} = {}) and {} ({} = {allowed} allowed, {denied} denied)", hosts.a.name, hosts.if_a, hosts.ip_a, hosts.b.name, hosts.if_b);
+    println!(
+        "demo: namespaces {} (daemon, {} = {}) and {} ({} = {allowed} allowed, {denied} denied)",
+        hosts.a.name, hosts.if_a, hosts.ip_a, hosts.b.name, hosts.if_b
+    );
     println!("demo: config:\n{config}");
-    println!("demo: CLI: x0tta6bl4-ebpf --socket {} <verb>", daemon.socket.display());
-    println!("demo: Ctrl-C stops{}\n", duration.map(|d| format!(", or it stops by itself after {d}s")).unwrap_or_default());
+    println!(
+        "demo: CLI: x0tta6bl4-ebpf --socket {} <verb>",
+        daemon.socket.display()
+    );
+    println!(
+        "demo: Ctrl-C stops{}\n",
+        duration
+            .map(|d| format!(", or it stops by itself after {d}s"))
+            .unwrap_or_default()
+    );
 
     let started = Instant::now();
     let mut last_print = Instant::now() - REFRESH;
     let mut sent = (0u64, 0u64);
-    while !stop.load(Ordering::SeqCst) && duration.is_none_or(|d| started.elapsed() < Duration::from_secs(d)) {
+    while !stop.load(Ordering::SeqCst)
+        && duration.is_none_or(|d| started.elapsed() < Duration::from_secs(d))
+    {
         if last_print.elapsed() >= REFRESH {
             last_print = Instant::now();
-            println!("=== after {:.0}s: sent {} allowed and {} denied datagrams ===", started.elapsed().as_secs_f64(), sent.0, sent.1);
+            println!(
+                "=== after {:.0}s: sent {} allowed and {} denied datagrams ===",
+                started.elapsed().as_secs_f64(),
+                sent.0,
+                sent.1
+            );
             for verb in ["status", "programs", "stats"] {
                 let out = daemon.cli(&[verb]);
-                print!("$ x0tta6bl4-ebpf {verb}\n{}", String::from_utf8_lossy(&out.stdout));
+                print!(
+                    "$ x0tta6bl4-ebpf {verb}\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
                 eprint!("{}", String::from_utf8_lossy(&out.stderr));
             }
             println!();

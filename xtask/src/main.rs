@@ -46,8 +46,12 @@ fn main() {
     let result = match Args::parse().command {
         Task::Setup => setup::run(),
         Task::Build => setup::run().and_then(|_| build()),
-        Task::Run { duration } => setup::run().and_then(|_| build()).and_then(|_| demo::run(duration)),
-        Task::Test { cargo_args } => setup::run().and_then(|_| build()).and_then(|_| test(&cargo_args)),
+        Task::Run { duration } => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| demo::run(duration)),
+        Task::Test { cargo_args } => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| test(&cargo_args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -13,7 +13,14 @@ const BPF_TOOLCHAIN: &str = include_str!("../../bpf-toolchain");
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// What the tests and the demo use: bpftool (assert kernel state), iproute2 (netns, veth),
 /// iputils-ping (traffic), util-linux (nsenter), procps (sysctl), xdp-tools (the peer).
-const DEBIAN_PACKAGES: [&str; 6] = ["bpftool", "iproute2", "iputils-ping", "util-linux", "procps", "xdp-tools"];
+const DEBIAN_PACKAGES: [&str; 6] = [
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "util-linux",
+    "procps",
+    "xdp-tools",
+];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -32,28 +39,55 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
 fn nightly() -> anyhow::Result<()> {
     let toolchain = BPF_TOOLCHAIN.trim();
     // Never let rustup replace itself as a side effect of installing a toolchain.
-    status(Command::new("rustup").args(["set", "auto-self-update", "disable"]).stdout(std::process::Stdio::null()))
-        .context("rustup is needed (https://rustup.rs); this project builds with it")?;
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
-        .unwrap_or_default();
+    status(
+        Command::new("rustup")
+            .args(["set", "auto-self-update", "disable"])
+            .stdout(std::process::Stdio::null()),
+    )
+    .context("rustup is needed (https://rustup.rs); this project builds with it")?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        toolchain,
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
     println!("xtask: installing {toolchain} with rust-src (for the kernel programs)");
     status(Command::new("rustup").args([
-        "toolchain", "install", toolchain, "--profile", "minimal", "--component", "rust-src",
+        "toolchain",
+        "install",
+        toolchain,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
     ]))
-    .with_context(|| format!("fix: `rustup toolchain install {toolchain} --profile minimal --component rust-src`"))
+    .with_context(|| {
+        format!(
+            "fix: `rustup toolchain install {toolchain} --profile minimal --component rust-src`"
+        )
+    })
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
     let list = output(crate::cargo().args(["install", "--list"]))?;
-    if list.lines().any(|l| l.starts_with(&format!("bpf-linker v{BPF_LINKER_VERSION}"))) {
+    if list
+        .lines()
+        .any(|l| l.starts_with(&format!("bpf-linker v{BPF_LINKER_VERSION}")))
+    {
         return Ok(());
     }
     println!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
-    status(crate::cargo().args(["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")]))
-        .with_context(|| format!("fix: `cargo install --locked bpf-linker@{BPF_LINKER_VERSION}`"))
+    status(crate::cargo().args([
+        "install",
+        "--locked",
+        &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+    ]))
+    .with_context(|| format!("fix: `cargo install --locked bpf-linker@{BPF_LINKER_VERSION}`"))
 }
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -61,7 +95,8 @@ fn debian_packages() -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).unwrap_or_default();
+            let status = output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .unwrap_or_default();
             !status.contains("install ok installed")
         })
         .collect();

@@ -92,7 +92,10 @@ mod program {
         if let Some(a) = port_rule(l4) {
             return from_action(a, DropReason::PortRule);
         }
-        let default = FW_CONFIG.get(0).map(|c| c.default_action).unwrap_or(action::ALLOW);
+        let default = FW_CONFIG
+            .get(0)
+            .map(|c| c.default_action)
+            .unwrap_or(action::ALLOW);
         from_action(default, DropReason::DefaultPolicy)
     }
 
@@ -181,5 +184,7 @@ mod program {
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("xdp_firewall is a kernel program: it is built for bpfel-unknown-none and loaded by x0tta6bl4-ebpfd");
+    eprintln!(
+        "xdp_firewall is a kernel program: it is built for bpfel-unknown-none and loaded by x0tta6bl4-ebpfd"
+    );
 }
