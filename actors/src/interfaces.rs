@@ -3,7 +3,7 @@
 //! the actor and attach the same programs again, within a restart intensity.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
@@ -13,6 +13,10 @@ use crate::attach::{AttachActor, AttachMsg};
 use crate::loader::LoaderMsg;
 use crate::restart::RestartIntensity;
 use crate::rpc::ask;
+
+/// Backoff of re-attach attempts after a restart: 10 ms, doubling, about 1.3 s in all.
+const REATTACH_FIRST_DELAY: Duration = Duration::from_millis(10);
+const REATTACH_MAX_DELAY: Duration = Duration::from_millis(640);
 
 pub enum InterfacesMsg {
     Attach {
@@ -235,17 +239,35 @@ impl Actor for InterfaceSupervisor {
         }
         state.restarts += 1;
         for (program_id, attachment) in wanted {
-            // The failed actor took the links with it; attach again from the loader.
-            state
-                .attachments
-                .get_mut(&interface)
-                .map(|m| m.remove(&program_id));
-            match state
-                .attach(&myself, &program_id, &interface, Some(attachment.mode))
-                .await
-            {
-                Ok(_) => info!(%interface, %program_id, "re-attached after AttachActor restart"),
-                Err(e) => warn!(%interface, %program_id, error = %e, "re-attach failed"),
+            // The failed actor took the links with it; attach again from the loader. Its
+            // state (and so its links) may be dropped a moment after this event arrives, so
+            // an interface that still looks busy is retried with exponential backoff.
+            if let Some(m) = state.attachments.get_mut(&interface) {
+                m.remove(&program_id);
+            }
+            let mut delay = REATTACH_FIRST_DELAY;
+            loop {
+                let result = state
+                    .attach(&myself, &program_id, &interface, Some(attachment.mode))
+                    .await;
+                match result {
+                    Ok(_) => {
+                        info!(%interface, %program_id, "re-attached after AttachActor restart");
+                        break;
+                    }
+                    Err(e) if e.kind == ErrorKind::Busy && delay <= REATTACH_MAX_DELAY => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Err(e) => {
+                        warn!(%interface, %program_id, error = %e, "re-attach failed");
+                        state.given_up.insert(
+                            interface.clone(),
+                            format!("re-attaching {program_id} after a restart failed: {e}"),
+                        );
+                        break;
+                    }
+                }
             }
         }
         Ok(())

@@ -241,6 +241,40 @@ impl Default for TwoHosts {
     }
 }
 
+/// A veth pair in the namespace of the calling process (for in-process actor tests, whose
+/// threads live there), deleted on drop.
+pub struct LocalVeth {
+    pub name: String,
+    pub peer: String,
+}
+
+impl LocalVeth {
+    pub fn new() -> LocalVeth {
+        require_root();
+        let name = unique("lv");
+        let peer = unique("lp");
+        run(Command::new("ip").args(["link", "add", &name, "type", "veth", "peer", "name", &peer]));
+        let veth = LocalVeth { name, peer };
+        run(Command::new("ip").args(["link", "set", &veth.name, "up"]));
+        run(Command::new("ip").args(["link", "set", &veth.peer, "up"]));
+        veth
+    }
+}
+
+impl Default for LocalVeth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for LocalVeth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
 /// The directory holding the workspace's built binaries (`target/debug` or `target/release`),
 /// found from the running executable: a test (`target/<profile>/deps/<test>`) or a binary
 /// such as xtask (`target/<profile>/xtask`).
@@ -407,7 +441,28 @@ pub fn kernel_linked_programs() -> Vec<u64> {
 }
 
 fn bpftool_ids(args: &[&str], field: &str) -> Vec<u64> {
-    let out = run(Command::new("bpftool").arg("--json").args(args));
+    // bpftool walks ids and then opens each; one torn down in between makes it fail with
+    // EAGAIN ("can't get link by id"). Ask again: the answer after the teardown is the one
+    // the test wants.
+    let mut attempt = 0;
+    let out = loop {
+        let out = Command::new("bpftool")
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run bpftool (`cargo xtask setup` installs it)");
+        attempt += 1;
+        if out.status.success() {
+            break out;
+        }
+        if attempt == 20 {
+            panic!(
+                "bpftool {args:?} keeps failing: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
     let list: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("bpftool --json output");
     list.as_array()

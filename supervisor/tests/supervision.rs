@@ -1,0 +1,173 @@
+//! Supervision with real actors and a real kernel: an AttachActor that panics is restarted by
+//! the InterfaceSupervisor, which attaches the same program again; past its restart intensity
+//! it gives up and says so. Needs root; never skips.
+
+use std::time::{Duration, Instant};
+
+use actors::api::AttachMode;
+use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg, SupervisionReport};
+use actors::loader::{LoaderActor, LoaderArgs, LoaderMsg};
+use actors::restart::RestartIntensity;
+use actors::rpc::ask;
+use chaos_tests::{LocalVeth, kernel_linked_programs, require_root};
+use ractor::{Actor, ActorRef};
+
+async fn tree(
+    intensity: fn() -> RestartIntensity,
+) -> (ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>) {
+    let (loader, _) = Actor::spawn(
+        None,
+        LoaderActor,
+        LoaderArgs {
+            programs_dir: std::env::temp_dir(),
+            firewall: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let (interfaces, _) = Actor::spawn(
+        None,
+        InterfaceSupervisor,
+        InterfacesArgs {
+            loader: loader.clone(),
+            intensity,
+        },
+    )
+    .await
+    .unwrap();
+    (loader, interfaces)
+}
+
+async fn report(interfaces: &ActorRef<InterfacesMsg>) -> SupervisionReport {
+    ask(interfaces, "InterfaceSupervisor", |reply| {
+        InterfacesMsg::Verify { reply }
+    })
+    .await
+    .unwrap()
+}
+
+async fn crash(interfaces: &ActorRef<InterfacesMsg>, interface: &str) {
+    ask(interfaces, "InterfaceSupervisor", |reply| {
+        InterfacesMsg::CrashChild {
+            interface: interface.to_string(),
+            reply,
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+/// Waits until the supervisor has handled `restarts` restarts (or gave up).
+async fn settle(interfaces: &ActorRef<InterfacesMsg>, restarts: u64) -> SupervisionReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = report(interfaces).await;
+        let gave_up = r.problems.values().any(|why| why.contains("gave up"));
+        if r.restarts >= restarts || gave_up || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn load_and_attach(
+    loader: &ActorRef<LoaderMsg>,
+    interfaces: &ActorRef<InterfacesMsg>,
+    interface: &str,
+) -> (String, u64) {
+    let info = ask(loader, "LoaderActor", |reply| LoaderMsg::Load {
+        name: "xdp_firewall".into(),
+        mode: Some(AttachMode::Skb),
+        reply,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    ask(interfaces, "InterfaceSupervisor", |reply| {
+        InterfacesMsg::Attach {
+            program_id: info.id.clone(),
+            interface: interface.to_string(),
+            mode: None,
+            reply,
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    (info.id, u64::from(info.kernel_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_attach_actor_is_restarted_and_its_program_reattached() {
+    require_root();
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let veth = LocalVeth::new();
+    let (loader, interfaces) = tree(RestartIntensity::default).await;
+    let (id, kernel_id) = load_and_attach(&loader, &interfaces, &veth.name).await;
+    assert!(kernel_linked_programs().contains(&kernel_id));
+
+    for round in 1..=2 {
+        crash(&interfaces, &veth.name).await;
+        let r = settle(&interfaces, round).await;
+        assert_eq!(r.restarts, round, "{r:?}");
+        assert!(r.problems.is_empty(), "{r:?}");
+        assert_eq!(r.attachments, 1, "{r:?}");
+        assert!(
+            kernel_linked_programs().contains(&kernel_id),
+            "after restart {round} the program is attached again"
+        );
+    }
+    let list = ask(&interfaces, "InterfaceSupervisor", |reply| {
+        InterfacesMsg::List { reply }
+    })
+    .await
+    .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].program_id, id);
+    assert_eq!(
+        list[0].mode,
+        AttachMode::Skb,
+        "re-attached in the mode it had"
+    );
+    // The daemon-side actors are all still alive.
+    assert!(loader.get_status() == ractor::ActorStatus::Running);
+    assert!(interfaces.get_status() == ractor::ActorStatus::Running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_restart_intensity_the_supervisor_gives_up_and_reports_it() {
+    require_root();
+    let veth = LocalVeth::new();
+    let (loader, interfaces) = tree(|| RestartIntensity::new(1, Duration::from_secs(60))).await;
+    let (_id, kernel_id) = load_and_attach(&loader, &interfaces, &veth.name).await;
+
+    crash(&interfaces, &veth.name).await;
+    let r = settle(&interfaces, 1).await;
+    assert_eq!(r.restarts, 1);
+    assert!(kernel_linked_programs().contains(&kernel_id));
+
+    crash(&interfaces, &veth.name).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = report(&interfaces).await;
+        if r.problems.values().any(|why| why.contains("gave up")) || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let why = r
+        .problems
+        .get(&veth.name)
+        .expect("the given-up interface is reported");
+    assert!(why.contains("gave up"), "{why}");
+    assert_eq!(r.attachments, 0);
+    assert!(
+        !kernel_linked_programs().contains(&kernel_id),
+        "its link is gone"
+    );
+    assert!(
+        interfaces.get_status() == ractor::ActorStatus::Running,
+        "the supervisor itself lives on"
+    );
+}
