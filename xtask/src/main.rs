@@ -87,7 +87,37 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
         );
     }
     let started = std::time::Instant::now();
-    status(cargo().arg("test").args(extra))?;
+    let mut child = cargo()
+        .arg("test")
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Pass the output through and add up every test binary's result line, so the run ends
+    // with one total rather than the last (often empty) doc-test binary's count.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let result = child.wait().context("waiting for cargo test")?;
     println!("xtask: tests ran in {:.0?}", started.elapsed());
+    println!("tests: {passed} passed, {failed} failed");
+    if !result.success() {
+        bail!("cargo test failed ({result})");
+    }
     Ok(())
+}
+
+/// `count_before("ok. 10 passed; 0 failed", " passed")` is 10.
+fn count_before(text: &str, label: &str) -> u64 {
+    text.find(label)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
