@@ -41,6 +41,8 @@ pub enum LoaderMsg {
     Counters {
         reply: RpcReplyPort<Vec<(String, Option<PacketCounters>)>>,
     },
+    /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
+    Crash,
 }
 
 /// A live XDP attachment, owned by whoever holds `link` (dropping it detaches).
@@ -160,6 +162,7 @@ impl Actor for LoaderActor {
                     .collect();
                 let _ = reply.send(counters);
             }
+            LoaderMsg::Crash => panic!("fault injected into LoaderActor"),
         }
         Ok(())
     }

@@ -435,3 +435,92 @@ fn config_errors_name_the_key_and_the_file() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn an_object_from_programs_dir_loads_and_attaches_like_a_built_in() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    // Any libbpf-style XDP object will do; the firewall's own ELF is one at hand.
+    std::fs::write(
+        daemon.dir.path().join("programs/edge_fw.o"),
+        actors::builtin::XDP_FIREWALL,
+    )
+    .unwrap();
+    let loaded = daemon.cli_json(&["load", "edge_fw", "--mode", "skb"]);
+    assert_eq!(loaded["id"], "edge_fw-1");
+    assert_eq!(loaded["name"], "xdp_firewall");
+    assert_eq!(loaded["default_mode"], "skb");
+    assert!(
+        loaded["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("programs/edge_fw.o"),
+        "{loaded}"
+    );
+    let again = daemon.cli_json(&["load", "edge_fw.o"]);
+    assert_eq!(again["id"], "edge_fw-2", "ids count up per name");
+    let attached = daemon.cli_json(&["attach", "edge_fw-1", &hosts.if_a]);
+    assert_eq!(attached["mode"], "skb", "the default mode given at load");
+    hosts.send_udp(hosts.ips_b[0], 4000, 5, 10);
+    let c = counters_after(&daemon, "edge_fw-1", 5);
+    assert_eq!(c["processed_packets"], 5, "{c}");
+    // An absolute path is fine inside programs_dir, refused outside it.
+    let inside = daemon.dir.path().join("programs/edge_fw.o");
+    assert_eq!(
+        daemon.cli_json(&["load", inside.to_str().unwrap()])["id"],
+        "edge_fw-3"
+    );
+    let outside = daemon.dir.path().join("outside.o");
+    std::fs::write(&outside, actors::builtin::XDP_FIREWALL).unwrap();
+    let out = daemon.cli(&["load", outside.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("outside programs_dir"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_daemon_refuses_to_start_without_privileges_and_says_how() {
+    let hosts = TwoHosts::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = hosts
+        .a
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(chaos_tests::binary("x0tta6bl4-ebpfd"))
+        .args(["--auto-load-programs", "false", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .arg("--log-file")
+        .arg(dir.path().join("log"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs root") && err.contains("CAP_BPF") && err.contains("sudo"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_need_no_daemon() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpf"))
+            .args(["--socket", "/nonexistent.sock", "completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("x0tta6bl4-ebpf") && script.contains("attach"),
+            "{shell}"
+        );
+    }
+}

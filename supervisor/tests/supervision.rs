@@ -171,3 +171,86 @@ async fn past_its_restart_intensity_the_supervisor_gives_up_and_reports_it() {
         "the supervisor itself lives on"
     );
 }
+
+/// rest_for_one at the root: when the LoaderActor dies its programs are gone, so the
+/// InterfaceSupervisor after it is restarted too, and the startup plan runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan() {
+    use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, StartupPlan};
+    require_root();
+    let veth = LocalVeth::new();
+    let plan = StartupPlan {
+        programs_dir: std::env::temp_dir(),
+        firewall: Default::default(),
+        auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
+    };
+    let (root, _) = Actor::spawn(None, RootSupervisor, plan).await.unwrap();
+
+    let attached_program = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(loader) = ActorRef::<LoaderMsg>::where_is(LOADER)
+                && let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES)
+                && let Ok(list) = ask(&interfaces, "i", |reply| InterfacesMsg::List { reply }).await
+                && let Some(a) = list.first()
+                && let Ok(programs) = ask(&loader, "l", |reply| LoaderMsg::List { reply }).await
+                && let Some(p) = programs.iter().find(|p| p.id == a.program_id)
+            {
+                return (loader, interfaces, u64::from(p.kernel_id));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the startup plan did not attach the firewall"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (loader, interfaces, first_kernel_id) = attached_program().await;
+    assert!(kernel_linked_programs().contains(&first_kernel_id));
+
+    loader.cast(LoaderMsg::Crash).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(&root, "root", |reply| RootMsg::Report { reply })
+        .await
+        .unwrap()
+        .restarts
+        < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the root did not restart the loader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (new_loader, new_interfaces, second_kernel_id) = loop {
+        let found = attached_program().await;
+        if found.2 != first_kernel_id {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(new_loader.get_id(), loader.get_id(), "a new LoaderActor");
+    assert_ne!(
+        new_interfaces.get_id(),
+        interfaces.get_id(),
+        "rest_for_one: a new InterfaceSupervisor too"
+    );
+    assert!(
+        kernel_linked_programs().contains(&second_kernel_id),
+        "the plan attached the firewall again"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kernel_linked_programs().contains(&first_kernel_id) {
+        assert!(
+            Instant::now() < deadline,
+            "the dead loader's program is still attached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = ask(&root, "root", |reply| RootMsg::Report { reply })
+        .await
+        .unwrap();
+    assert_eq!(report.restarts, 1);
+    assert!(report.gave_up.is_none());
+    root.stop(None);
+}
