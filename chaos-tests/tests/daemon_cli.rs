@@ -524,3 +524,26 @@ fn completions_need_no_daemon() {
         );
     }
 }
+
+#[test]
+fn a_failed_attach_at_start_is_reported_by_health_and_leaves_nothing_loaded() {
+    let hosts = TwoHosts::new();
+    // lo has no native XDP: the configured drv attach fails at start.
+    let daemon = Daemon::start(&hosts.a, "interface = \"lo\"\nauto_load_programs = true\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let h = daemon.cli_json(&["health"]);
+        if h["status"] != "healthy" || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health["status"], "unhealthy", "{health}");
+    let message = health["checks"]["programs"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no native XDP") && message.contains("attach_mode = \"skb\""),
+        "{message}"
+    );
+    assert_eq!(daemon.cli_json(&["programs"]), Value::Array(vec![]));
+    assert_eq!(daemon.cli_json(&["status"])["programs_loaded"], 0);
+}

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use actors::api::{ApiError, AttachMode};
+use actors::api::{ApiError, AttachMode, ErrorKind};
 use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
 use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
 use actors::restart::RestartIntensity;
@@ -215,7 +215,7 @@ impl RootState {
                 reply,
             })
             .await??;
-            ask(interfaces, "InterfaceSupervisor", |reply| {
+            let attached = ask(interfaces, "InterfaceSupervisor", |reply| {
                 InterfacesMsg::Attach {
                     program_id: info.id.clone(),
                     interface: interface.clone(),
@@ -223,7 +223,17 @@ impl RootState {
                     reply,
                 }
             })
-            .await?
+            .await?;
+            if attached.is_err() {
+                // Do not leave an unattached firewall behind: a later run of the plan loads
+                // a fresh one.
+                let _ = ask(loader, "LoaderActor", |reply| LoaderMsg::Unload {
+                    program_id: info.id.clone(),
+                    reply,
+                })
+                .await;
+            }
+            attached
         }
         .await;
         match &result {
@@ -233,9 +243,14 @@ impl RootState {
             Err(e) => warn!(%interface, error = %e, "auto-loading xdp_firewall failed"),
         }
         result.map(|_| ()).map_err(|e| {
+            let hint = if e.kind == ErrorKind::Unsupported {
+                " (for the attach at start, set attach_mode = \"skb\" under [programs.xdp_firewall] in the config)"
+            } else {
+                ""
+            };
             ApiError::new(
                 e.kind,
-                format!("auto-loading xdp_firewall on {interface} failed: {e}"),
+                format!("auto-loading xdp_firewall on {interface} failed: {e}{hint}"),
             )
         })
     }
