@@ -297,6 +297,16 @@ fn raw_exchange(socket: &std::path::Path, bytes: &[u8]) -> Vec<u8> {
 fn bad_frames_get_errors_and_the_daemon_goes_on() {
     let hosts = TwoHosts::new();
     let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o660,
+        "the control socket is rw for owner and group only"
+    );
     let decode = |reply: &[u8]| -> actors::api::Response {
         assert!(reply.len() > 5, "an error response, not silence: {reply:?}");
         actors::api::decode_body(&reply[4..]).expect("the reply is a frame")
