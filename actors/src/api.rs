@@ -189,7 +189,7 @@ pub struct PacketCounters {
     pub passed_bytes: u64,
     pub dropped_packets: u64,
     pub dropped_bytes: u64,
-    /// Drop reason (`malformed`, `source_rule`, `port_rule`, `default_policy`) → packets.
+    /// Drop reason (`malformed`, `too_many_headers`, `rule`, `default_policy`) → packets.
     pub dropped_by_reason: BTreeMap<String, u64>,
 }
 
@@ -269,28 +269,48 @@ impl ApiError {
     }
 }
 
-/// Firewall rule as the original design's per-program JSON writes it:
-/// `{"action": "drop", "source_ip": "192.168.1.100"}`,
-/// `{"action": "allow", "protocol": "tcp", "port": 443}`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// A firewall rule. The original design's per-program JSON writes them as
+/// `{"action": "drop", "source_ip": "192.168.1.100"}` and
+/// `{"action": "allow", "protocol": "tcp", "port": 443}`; beyond that a rule may give
+/// addresses as CIDRs, a destination address, source and destination ports or port ranges
+/// (`"1000-2000"`), and combine all of them. Rules are evaluated in order; the first that
+/// matches decides.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallRule {
     pub action: RuleAction,
     #[serde(default)]
-    pub source_ip: Option<std::net::IpAddr>,
+    pub source_ip: Option<Cidr>,
+    #[serde(default)]
+    pub dest_ip: Option<Cidr>,
     #[serde(default)]
     pub protocol: Option<Protocol>,
+    /// The destination port, as the original design writes it; same as `dest_port`.
     #[serde(default)]
-    pub port: Option<u16>,
+    pub port: Option<PortRange>,
+    #[serde(default)]
+    pub source_port: Option<PortRange>,
+    #[serde(default)]
+    pub dest_port: Option<PortRange>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleAction {
+    #[default]
     #[serde(alias = "pass", alias = "accept")]
     Allow,
     #[serde(alias = "deny", alias = "block")]
     Drop,
+}
+
+impl fmt::Display for RuleAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Drop => "drop",
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,45 +320,274 @@ pub enum Protocol {
     Udp,
     Icmp,
     Icmpv6,
+    /// Any protocol: the same as leaving `protocol` out.
+    Any,
 }
 
 impl Protocol {
-    pub fn number(self) -> u8 {
+    /// The IP protocol number; `None` for `any`.
+    pub fn number(self) -> Option<u8> {
         match self {
-            Protocol::Icmp => 1,
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Icmpv6 => 58,
+            Protocol::Icmp => Some(1),
+            Protocol::Tcp => Some(6),
+            Protocol::Udp => Some(17),
+            Protocol::Icmpv6 => Some(58),
+            Protocol::Any => None,
+        }
+    }
+
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Udp | Protocol::Any)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::Icmpv6 => "icmpv6",
+            Protocol::Any => "any",
+        })
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" | "6" => Ok(Protocol::Tcp),
+            "udp" | "17" => Ok(Protocol::Udp),
+            "icmp" | "1" => Ok(Protocol::Icmp),
+            "icmpv6" | "ipv6-icmp" | "58" => Ok(Protocol::Icmpv6),
+            "any" | "all" => Ok(Protocol::Any),
+            other => Err(format!(
+                "unknown protocol {other:?}: use tcp, udp, icmp, icmpv6 or any"
+            )),
         }
     }
 }
 
-impl FirewallRule {
-    /// Checks that the rule is one this version of `xdp_firewall` can enforce.
-    pub fn validate(&self) -> Result<(), String> {
-        match (self.source_ip, self.protocol, self.port) {
-            (Some(_), None, None) => Ok(()),
-            (None, Some(p), port) => match (p, port) {
-                (Protocol::Icmp | Protocol::Icmpv6, Some(_)) => {
-                    Err(format!("{p:?} has no ports: remove \"port\" from the rule").to_lowercase())
-                }
-                (_, Some(0)) => {
-                    Err("port 0 is not a port: omit \"port\" to match every port".into())
-                }
-                _ => Ok(()),
-            },
-            (None, None, Some(_)) => {
-                Err("a rule with \"port\" needs \"protocol\" (tcp or udp)".into())
-            }
-            (None, None, None) => {
-                Err("a rule needs \"source_ip\" or \"protocol\" (with an optional \"port\")".into())
-            }
-            (Some(_), _, _) => Err(
-                "a rule matches either \"source_ip\" or \"protocol\"/\"port\"; combining them is \
-                 not supported yet: write two rules"
-                    .into(),
-            ),
+/// An IPv4 or IPv6 network; a bare address means the one host (`/32`, `/128`). Host bits
+/// below the prefix are cleared (`10.1.2.3/8` is `10.0.0.0/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net.trunc()));
         }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Cidr(ipnet::IpNet::from(ip)))
+            .map_err(|_| {
+                format!("{s:?} is not an IP address or CIDR (e.g. 10.0.0.1, 10.0.0.0/8, fd00::/64)")
+            })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A port or an inclusive range of ports, `443` or `"1000-2000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port or port range (e.g. 443 or 1000-2000)");
+        let (a, b) = match s.trim().split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        let first: u16 = a.parse().map_err(|_| bad())?;
+        let last: u16 = b.parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(format!("{s:?}: ports run from 1 to 65535, low to high"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            if self.first == self.last {
+                s.serialize_u16(self.first)
+            } else {
+                s.collect_str(self)
+            }
+        } else {
+            (self.first, self.last).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // JSON and TOML write `443` or `"1000-2000"`; the binary wire format (which cannot
+        // ask "number or string?") carries the pair.
+        if !d.is_human_readable() {
+            let (first, last) = <(u16, u16)>::deserialize(d)?;
+            return Ok(PortRange { first, last });
+        }
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (443) or a port range (\"1000-2000\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortRange, E> {
+                match u16::try_from(v) {
+                    Ok(p) if p > 0 => Ok(PortRange::single(p)),
+                    _ => Err(E::custom(format!("port {v} is outside 1-65535"))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PortRange, E> {
+                self.visit_u64(
+                    u64::try_from(v)
+                        .map_err(|_| E::custom(format!("port {v} is outside 1-65535")))?,
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortRange, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl FirewallRule {
+    /// The destination port constraint, from `port` or `dest_port`.
+    pub fn dest_ports(&self) -> Option<PortRange> {
+        self.dest_port.or(self.port)
+    }
+
+    /// The protocol constraint, `None` for any.
+    pub fn protocol_number(&self) -> Option<u8> {
+        self.protocol.and_then(Protocol::number)
+    }
+
+    /// Checks that the rule can match something and means one thing.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.port.is_some() && self.dest_port.is_some() {
+            return Err("\"port\" and \"dest_port\" are the same thing: give one".into());
+        }
+        let has_ports = self.dest_ports().is_some() || self.source_port.is_some();
+        if let Some(p) = self.protocol
+            && has_ports
+            && !p.has_ports()
+        {
+            return Err(format!(
+                "{p} has no ports: remove the port from the rule, or use tcp or udp"
+            ));
+        }
+        if let (Some(s), Some(d)) = (self.source_ip, self.dest_ip)
+            && s.0.addr().is_ipv4() != d.0.addr().is_ipv4()
+        {
+            return Err(format!(
+                "source {s} and destination {d} are of different IP versions: no packet can match"
+            ));
+        }
+        let family = self
+            .source_ip
+            .or(self.dest_ip)
+            .map(|c| c.0.addr().is_ipv4());
+        match (self.protocol, family) {
+            (Some(Protocol::Icmp), Some(false)) => {
+                Err("icmp is IPv4's; for IPv6 addresses use icmpv6".into())
+            }
+            (Some(Protocol::Icmpv6), Some(true)) => {
+                Err("icmpv6 is IPv6's; for IPv4 addresses use icmp".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for FirewallRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.action)?;
+        if let Some(p) = self.protocol {
+            write!(f, " {p}")?;
+        }
+        if let Some(s) = self.source_ip {
+            write!(f, " from {s}")?;
+        }
+        if let Some(p) = self.source_port {
+            write!(f, " sport {p}")?;
+        }
+        if let Some(d) = self.dest_ip {
+            write!(f, " to {d}")?;
+        }
+        if let Some(p) = self.dest_ports() {
+            write!(f, " dport {p}")?;
+        }
+        if self.source_ip.is_none()
+            && self.dest_ip.is_none()
+            && self.protocol.is_none()
+            && self.source_port.is_none()
+            && self.dest_ports().is_none()
+        {
+            write!(f, " everything")?;
+        }
+        Ok(())
     }
 }
 
@@ -491,24 +740,63 @@ mod tests {
         )
         .unwrap();
         assert!(rules.iter().all(|r| r.validate().is_ok()));
-        let combined = FirewallRule {
-            action: RuleAction::Drop,
-            source_ip: Some("10.0.0.1".parse().unwrap()),
-            protocol: Some(Protocol::Tcp),
-            port: None,
-        };
-        assert!(combined.validate().is_err());
-        let icmp_port = FirewallRule {
-            action: RuleAction::Drop,
-            source_ip: None,
-            protocol: Some(Protocol::Icmp),
-            port: Some(1),
-        };
+        assert_eq!(rules[0].source_ip.unwrap().to_string(), "192.168.1.100");
+        assert_eq!(rules[1].dest_ports(), Some(PortRange::single(443)));
+        assert_eq!(rules[1].to_string(), "allow tcp dport 443");
+    }
+
+    #[test]
+    fn cidrs_ranges_and_combinations_parse() {
+        let r: FirewallRule = serde_json::from_str(
+            r#"{"action": "deny", "source_ip": "10.1.2.3/8", "dest_ip": "10.9.0.0/16",
+                "protocol": "udp", "source_port": "1000-2000", "dest_port": 53}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.source_ip.unwrap().to_string(),
+            "10.0.0.0/8",
+            "host bits cleared"
+        );
+        assert_eq!(
+            r.source_port,
+            Some(PortRange {
+                first: 1000,
+                last: 2000
+            })
+        );
+        assert!(r.validate().is_ok());
+        assert_eq!(
+            r.to_string(),
+            "drop udp from 10.0.0.0/8 sport 1000-2000 to 10.9.0.0/16 dport 53"
+        );
+        // The binary wire format round-trips what JSON wrote.
+        let frame = encode_frame(&r).unwrap();
+        assert_eq!(decode_body::<FirewallRule>(&frame[4..]).unwrap(), r);
+    }
+
+    #[test]
+    fn rules_that_cannot_match_or_say_two_things_are_refused() {
+        let parse = |j: &str| serde_json::from_str::<FirewallRule>(j);
+        let invalid = |j: &str| parse(j).unwrap().validate().unwrap_err();
         assert!(
-            icmp_port
-                .validate()
-                .unwrap_err()
+            invalid(r#"{"action":"drop","protocol":"icmp","port":1}"#)
                 .contains("icmp has no ports")
         );
+        assert!(invalid(r#"{"action":"drop","port":1,"dest_port":2}"#).contains("same thing"));
+        assert!(
+            invalid(r#"{"action":"drop","source_ip":"10.0.0.1","dest_ip":"fd00::1"}"#)
+                .contains("different IP versions")
+        );
+        assert!(
+            invalid(r#"{"action":"drop","source_ip":"fd00::1","protocol":"icmp"}"#)
+                .contains("icmpv6")
+        );
+        assert!(parse(r#"{"action":"drop","port":0}"#).is_err());
+        assert!(parse(r#"{"action":"drop","port":"20-10"}"#).is_err());
+        assert!(parse(r#"{"action":"drop","source_ip":"10.0.0.300"}"#).is_err());
+        assert!(parse(r#"{"action":"drop","sorce_ip":"10.0.0.1"}"#).is_err());
+        let everything: FirewallRule = parse(r#"{"action":"drop"}"#).unwrap();
+        assert!(everything.validate().is_ok());
+        assert_eq!(everything.to_string(), "drop everything");
     }
 }

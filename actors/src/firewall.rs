@@ -1,14 +1,17 @@
-//! User-space side of `xdp_firewall`: writes the rule maps, reads the counters.
+//! User-space side of `xdp_firewall`: installs a compiled rule set, reads the counters.
 //! The kernel side is `ebpf-kern/src/bin/xdp_firewall.rs`; both read `ebpf_shared`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use aya::Ebpf;
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
-use ebpf_shared::{DropReason, FirewallConfig, FirewallStats, PortKey, action, maps};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use ebpf_shared::{
+    DropReason, FieldMatch, FirewallConfig, FirewallStats, MISC_SLOTS, PortKey, RuleSetHeader,
+    field, maps,
+};
 
 use crate::api::{FirewallRule, PacketCounters, RuleAction};
+use crate::rules::{CidrTable, CompileError, CompiledRules, compile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -20,82 +23,134 @@ pub enum FirewallError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("rule {index}: {message}")]
-    InvalidRule { index: usize, message: String },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> FirewallError {
     move |source| FirewallError::Map { map, source }
 }
 
-fn to_kernel(a: RuleAction) -> u32 {
-    match a {
-        RuleAction::Allow => action::ALLOW,
-        RuleAction::Drop => action::DROP,
-    }
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, FirewallError> {
+    ebpf.map_mut(name).ok_or(FirewallError::MissingMap(name))
 }
 
-/// Writes `rules` and the default policy into a freshly loaded `xdp_firewall`. Rules are
-/// checked first, so a bad rule set writes nothing.
+/// Compiles `rules` and installs them: see [`install`].
 pub fn apply_rules(
     ebpf: &mut Ebpf,
     rules: &[FirewallRule],
     default_policy: RuleAction,
-) -> Result<(), FirewallError> {
-    for (index, rule) in rules.iter().enumerate() {
-        rule.validate()
-            .map_err(|message| FirewallError::InvalidRule { index, message })?;
+) -> Result<u32, FirewallError> {
+    install(ebpf, &compile(rules, default_policy)?)
+}
+
+/// Writes `compiled` into the generation packets are not using, then switches packets to it
+/// with one store; returns the new generation. A packet is matched against the old rule set
+/// or the new one, never a mix. The old generation's tables stay as they are until the next
+/// install clears them.
+pub fn install(ebpf: &mut Ebpf, compiled: &CompiledRules) -> Result<u32, FirewallError> {
+    let current = {
+        let config: Array<&MapData, FirewallConfig> = Array::try_from(
+            ebpf.map(maps::FW_CONFIG)
+                .ok_or(FirewallError::MissingMap(maps::FW_CONFIG))?,
+        )
+        .map_err(map_err(maps::FW_CONFIG))?;
+        config
+            .get(&0, 0)
+            .map_err(map_err(maps::FW_CONFIG))?
+            .generation
+    };
+    let target = if current == 0 { 1 } else { 0 };
+    let names = &maps::RULE_MAPS[target as usize];
+    write_cidrs(ebpf, names[maps::SRC_V4], &compiled.src_v4)?;
+    write_cidrs(ebpf, names[maps::SRC_V6], &compiled.src_v6)?;
+    write_cidrs(ebpf, names[maps::DST_V4], &compiled.dst_v4)?;
+    write_cidrs(ebpf, names[maps::DST_V6], &compiled.dst_v6)?;
+    write_ports(ebpf, names[maps::SPORT], &compiled.sport)?;
+    write_ports(ebpf, names[maps::DPORT], &compiled.dport)?;
+    {
+        let name = names[maps::PROTO];
+        let mut proto: Array<&mut MapData, FieldMatch> =
+            Array::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+        for (i, m) in compiled.proto.iter().enumerate() {
+            proto.set(i as u32, *m, 0).map_err(map_err(name))?;
+        }
     }
     {
-        let map = ebpf
-            .map_mut(maps::FW_CONFIG)
-            .ok_or(FirewallError::MissingMap(maps::FW_CONFIG))?;
-        let mut config: Array<&mut MapData, FirewallConfig> =
-            Array::try_from(map).map_err(map_err(maps::FW_CONFIG))?;
-        let value = FirewallConfig {
-            default_action: to_kernel(default_policy),
-            _reserved: 0,
-        };
-        config.set(0, value, 0).map_err(map_err(maps::FW_CONFIG))?;
-    }
-    for rule in rules {
-        let value = to_kernel(rule.action);
-        match (rule.source_ip, rule.protocol) {
-            (Some(IpAddr::V4(ip)), _) => {
-                let map = ebpf
-                    .map_mut(maps::FW_SRC_V4)
-                    .ok_or(FirewallError::MissingMap(maps::FW_SRC_V4))?;
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
-                    LpmTrie::try_from(map).map_err(map_err(maps::FW_SRC_V4))?;
-                trie.insert(&Key::new(32, ip.octets()), value, 0)
-                    .map_err(map_err(maps::FW_SRC_V4))?;
-            }
-            (Some(IpAddr::V6(ip)), _) => {
-                let map = ebpf
-                    .map_mut(maps::FW_SRC_V6)
-                    .ok_or(FirewallError::MissingMap(maps::FW_SRC_V6))?;
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
-                    LpmTrie::try_from(map).map_err(map_err(maps::FW_SRC_V6))?;
-                trie.insert(&Key::new(128, ip.octets()), value, 0)
-                    .map_err(map_err(maps::FW_SRC_V6))?;
-            }
-            (None, Some(protocol)) => {
-                let map = ebpf
-                    .map_mut(maps::FW_PORTS)
-                    .ok_or(FirewallError::MissingMap(maps::FW_PORTS))?;
-                let mut ports: HashMap<&mut MapData, PortKey, u32> =
-                    HashMap::try_from(map).map_err(map_err(maps::FW_PORTS))?;
-                let key = PortKey {
-                    protocol: protocol.number(),
-                    _pad: 0,
-                    port: rule.port.unwrap_or(0),
-                };
-                ports
-                    .insert(key, value, 0)
-                    .map_err(map_err(maps::FW_PORTS))?;
-            }
-            (None, None) => unreachable!("validated above"),
+        let name = names[maps::MISC];
+        let mut misc: Array<&mut MapData, FieldMatch> =
+            Array::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+        for f in 0..field::COUNT {
+            misc.set(f, compiled.misses[f as usize], 0)
+                .map_err(map_err(name))?;
         }
+        for (slot, enc) in compiled.slots.iter().enumerate() {
+            let entry = FieldMatch {
+                first_simple: *enc,
+                ..FieldMatch::EMPTY
+            };
+            misc.set(MISC_SLOTS + slot as u32, entry, 0)
+                .map_err(map_err(name))?;
+        }
+    }
+    {
+        let name = names[maps::HEADER];
+        let mut header: Array<&mut MapData, RuleSetHeader> =
+            Array::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+        header.set(0, compiled.header, 0).map_err(map_err(name))?;
+    }
+    let mut config: Array<&mut MapData, FirewallConfig> =
+        Array::try_from(map_mut(ebpf, maps::FW_CONFIG)?).map_err(map_err(maps::FW_CONFIG))?;
+    let switched = FirewallConfig {
+        generation: target,
+        _reserved: 0,
+    };
+    config
+        .set(0, switched, 0)
+        .map_err(map_err(maps::FW_CONFIG))?;
+    Ok(target)
+}
+
+fn write_cidrs<const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    table: &CidrTable<N>,
+) -> Result<(), FirewallError>
+where
+    [u8; N]: aya::Pod,
+{
+    let mut trie: LpmTrie<&mut MapData, [u8; N], FieldMatch> =
+        LpmTrie::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    let stale: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for key in stale {
+        trie.remove(&key).map_err(map_err(name))?;
+    }
+    for (&(len, net), m) in table {
+        trie.insert(&Key::new(u32::from(len), net), *m, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn write_ports(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    table: &std::collections::HashMap<PortKey, FieldMatch>,
+) -> Result<(), FirewallError> {
+    let mut ports: HashMap<&mut MapData, PortKey, FieldMatch> =
+        HashMap::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    let stale: Vec<PortKey> = ports
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
+    for key in stale {
+        ports.remove(&key).map_err(map_err(name))?;
+    }
+    for (key, m) in table {
+        ports.insert(*key, *m, 0).map_err(map_err(name))?;
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ pub mod restart;
 #[cfg(feature = "runtime")]
 pub mod rpc;
 #[cfg(feature = "runtime")]
+pub mod rules;
+#[cfg(feature = "runtime")]
 pub mod sys;
 
 /// The kernel programs, embedded in the daemon.

@@ -70,7 +70,7 @@ fn firewall_blocks_exactly_the_denied_source(mode: &str) {
     assert_eq!(c["processed_packets"], 88, "{c}");
     assert_eq!(c["passed_packets"], 55, "{c}");
     assert_eq!(c["dropped_packets"], 33, "{c}");
-    assert_eq!(c["dropped_by_reason"]["source_rule"], 33, "{c}");
+    assert_eq!(c["dropped_by_reason"]["rule"], 33, "{c}");
     // UDP frames: 14 + 20 + 8 + 100 bytes; pings: 14 + 20 + 8 + 56.
     assert_eq!(c["dropped_bytes"], 30 * 142 + 3 * 98, "{c}");
 
@@ -86,7 +86,7 @@ fn firewall_blocks_exactly_the_denied_source(mode: &str) {
 
     // The human output carries the same numbers.
     let table = String::from_utf8(daemon.cli(&["stats"]).stdout).unwrap();
-    assert!(table.contains("source_rule=33"), "{table}");
+    assert!(table.contains("rule=33"), "{table}");
 
     assert!(kernel_has_program(kernel_id));
     assert!(

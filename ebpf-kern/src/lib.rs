@@ -49,41 +49,191 @@ pub fn ethernet(start: usize, end: usize) -> Option<(u16, usize)> {
     Some((ethertype, offset))
 }
 
-/// What the firewall needs from the IP and transport headers.
+/// IPv6 extension headers followed before the transport header; a longer chain is dropped
+/// (`too_many_headers`) rather than let through unexamined.
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = 4;
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+/// What the firewall matches on. IPv4 addresses are in `src4`/`dst4`, IPv6 in `src6`/`dst6`.
 #[derive(Clone, Copy)]
-pub struct L4Info {
+pub struct Packet {
+    pub v6: bool,
+    pub src4: [u8; 4],
+    pub dst4: [u8; 4],
+    pub src6: [u8; 16],
+    pub dst6: [u8; 16],
     pub protocol: u8,
-    /// Destination port in host byte order; 0 when the protocol has none or the packet is a
-    /// non-first fragment (which carries no transport header).
+    /// False for protocols without ports and for non-first fragments.
+    pub has_ports: bool,
+    pub source_port: u16,
     pub dest_port: u16,
 }
 
-/// Parses the transport header at `offset`. `None`: the header is truncated.
+pub enum Malformed {
+    /// A header is cut short or contradicts itself.
+    Truncated,
+    /// More IPv6 extension headers than `MAX_IPV6_EXTENSION_HEADERS`.
+    TooManyHeaders,
+}
+
+/// Parses an Ethernet frame. `Ok(None)`: not IP (ARP, LLDP, …).
 #[inline(always)]
-pub fn transport(start: usize, end: usize, offset: usize, protocol: u8) -> Option<L4Info> {
+pub fn parse(start: usize, end: usize) -> Result<Option<Packet>, Malformed> {
+    let (ethertype, l3) = ethernet(start, end).ok_or(Malformed::Truncated)?;
+    match ethertype {
+        ETH_P_IP => ipv4(start, end, l3).map(Some),
+        ETH_P_IPV6 => ipv6(start, end, l3).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn ipv4(start: usize, end: usize, l3: usize) -> Result<Packet, Malformed> {
+    let h = load::<[u8; 20]>(start, end, l3).ok_or(Malformed::Truncated)?;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if h[0] >> 4 != 4 || ihl < 20 || total_len < ihl {
+        return Err(Malformed::Truncated);
+    }
+    let mut p = Packet {
+        v6: false,
+        src4: [h[12], h[13], h[14], h[15]],
+        dst4: [h[16], h[17], h[18], h[19]],
+        src6: [0; 16],
+        dst6: [0; 16],
+        protocol: h[9],
+        has_ports: false,
+        source_port: 0,
+        dest_port: 0,
+    };
+    // Options are covered by the IHL; make sure they are really in the frame.
+    if start + l3 + ihl > end {
+        return Err(Malformed::Truncated);
+    }
+    let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    if fragment_offset == 0 {
+        transport(start, end, l3 + ihl, &mut p)?;
+    }
+    Ok(p)
+}
+
+#[inline(always)]
+fn ipv6(start: usize, end: usize, l3: usize) -> Result<Packet, Malformed> {
+    let h = load::<[u8; IPV6_HLEN]>(start, end, l3).ok_or(Malformed::Truncated)?;
+    if h[0] >> 4 != 6 {
+        return Err(Malformed::Truncated);
+    }
+    let mut p = Packet {
+        v6: true,
+        src4: [0; 4],
+        dst4: [0; 4],
+        src6: [0; 16],
+        dst6: [0; 16],
+        protocol: h[6],
+        has_ports: false,
+        source_port: 0,
+        dest_port: 0,
+    };
+    p.src6.copy_from_slice(&h[8..24]);
+    p.dst6.copy_from_slice(&h[24..40]);
+    let mut offset = l3 + IPV6_HLEN;
+    let mut first_fragment = true;
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        match p.protocol {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let e = load::<[u8; 2]>(start, end, offset).ok_or(Malformed::Truncated)?;
+                p.protocol = e[0];
+                offset += (e[1] as usize + 1) * 8;
+            }
+            NEXTHDR_AUTH => {
+                let e = load::<[u8; 2]>(start, end, offset).ok_or(Malformed::Truncated)?;
+                p.protocol = e[0];
+                offset += (e[1] as usize + 2) * 4;
+            }
+            NEXTHDR_FRAGMENT => {
+                let e = load::<[u8; 8]>(start, end, offset).ok_or(Malformed::Truncated)?;
+                p.protocol = e[0];
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    first_fragment = false;
+                }
+                offset += 8;
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        p.protocol,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT
+    ) {
+        return Err(Malformed::TooManyHeaders);
+    }
+    if first_fragment {
+        transport(start, end, offset, &mut p)?;
+    }
+    Ok(p)
+}
+
+/// Reads the transport header at `offset` into `p`. One read per header into a stack copy: a
+/// second read of the same bytes lets the compiler merge the bounds checks and re-derive the
+/// pointer, which the verifier rejects ("R2 offset is outside of the packet").
+#[inline(always)]
+fn transport(start: usize, end: usize, offset: usize, p: &mut Packet) -> Result<(), Malformed> {
     use ebpf_shared::proto;
-    // One read per header into a stack copy: a second read of the same bytes lets the
-    // compiler merge the bounds checks and re-derive the pointer, which the verifier rejects
-    // ("R2 offset is outside of the packet").
-    let dest_port = match protocol {
+    match p.protocol {
         // The whole fixed header must be there, not only the ports: a TCP segment cut inside
         // its header is not something a stack would accept either.
         proto::TCP => {
-            let h = load::<[u8; 20]>(start, end, offset)?;
-            u16::from_be_bytes([h[2], h[3]])
+            let h = load::<[u8; 20]>(start, end, offset).ok_or(Malformed::Truncated)?;
+            p.source_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dest_port = u16::from_be_bytes([h[2], h[3]]);
+            p.has_ports = true;
         }
         proto::UDP => {
-            let h = load::<[u8; 8]>(start, end, offset)?;
-            u16::from_be_bytes([h[2], h[3]])
+            let h = load::<[u8; 8]>(start, end, offset).ok_or(Malformed::Truncated)?;
+            p.source_port = u16::from_be_bytes([h[0], h[1]]);
+            p.dest_port = u16::from_be_bytes([h[2], h[3]]);
+            p.has_ports = true;
         }
         proto::ICMP | proto::ICMPV6 => {
-            load::<[u8; 4]>(start, end, offset)?;
-            0
+            load::<[u8; 4]>(start, end, offset).ok_or(Malformed::Truncated)?;
         }
-        _ => 0,
-    };
-    Some(L4Info {
-        protocol,
-        dest_port,
-    })
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Index of the lowest set bit of a non-zero word, by halving (BPF has no count-trailing-zeros
+/// instruction).
+#[inline(always)]
+pub fn lowest_bit(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x & 0xffff_ffff == 0 {
+        n += 32;
+        x >>= 32;
+    }
+    if x & 0xffff == 0 {
+        n += 16;
+        x >>= 16;
+    }
+    if x & 0xff == 0 {
+        n += 8;
+        x >>= 8;
+    }
+    if x & 0xf == 0 {
+        n += 4;
+        x >>= 4;
+    }
+    if x & 0x3 == 0 {
+        n += 2;
+        x >>= 2;
+    }
+    if x & 0x1 == 0 {
+        n += 1;
+    }
+    n
 }

@@ -5,25 +5,114 @@
 #![no_std]
 
 /// Names of the maps of `xdp_firewall`, as they appear in the ELF object.
+///
+/// The rule maps exist twice, generation 0 and 1 (suffix `_0`/`_1`): user space fills the
+/// generation the kernel is not reading, then flips `FirewallConfig::generation`, so a packet
+/// sees the old rule set or the new one, never half of each.
 pub mod maps {
-    /// `Array<FirewallConfig>`, one entry.
     pub const FW_CONFIG: &str = "FW_CONFIG";
-    /// `LpmTrie<[u8; 4], RuleAction>`: rules on the IPv4 source address.
-    pub const FW_SRC_V4: &str = "FW_SRC_V4";
-    /// `LpmTrie<[u8; 16], RuleAction>`: rules on the IPv6 source address.
-    pub const FW_SRC_V6: &str = "FW_SRC_V6";
-    /// `HashMap<PortKey, RuleAction>`: rules on protocol + destination port.
-    pub const FW_PORTS: &str = "FW_PORTS";
-    /// `PerCpuArray<FirewallStats>`, one entry: counters summed in user space.
     pub const FW_STATS: &str = "FW_STATS";
+
+    /// The rule maps of each generation; index with the constants below.
+    pub const RULE_MAPS: [[&str; 9]; 2] = [
+        [
+            "FW_SRC_V4_0",
+            "FW_SRC_V6_0",
+            "FW_DST_V4_0",
+            "FW_DST_V6_0",
+            "FW_PROTO_0",
+            "FW_SPORT_0",
+            "FW_DPORT_0",
+            "FW_MISC_0",
+            "FW_HEADER_0",
+        ],
+        [
+            "FW_SRC_V4_1",
+            "FW_SRC_V6_1",
+            "FW_DST_V4_1",
+            "FW_DST_V6_1",
+            "FW_PROTO_1",
+            "FW_SPORT_1",
+            "FW_DPORT_1",
+            "FW_MISC_1",
+            "FW_HEADER_1",
+        ],
+    ];
+    /// Indexes into a `RULE_MAPS` row.
+    pub const SRC_V4: usize = 0;
+    pub const SRC_V6: usize = 1;
+    pub const DST_V4: usize = 2;
+    pub const DST_V6: usize = 3;
+    pub const PROTO: usize = 4;
+    pub const SPORT: usize = 5;
+    pub const DPORT: usize = 6;
+    /// `Array<FieldMatch>`: the value of each field when its table has no entry for the
+    /// packet (index = `field::*`), then the complex-rule slots (see `MISC_SLOTS`).
+    pub const MISC: usize = 7;
+    /// `Array<RuleSetHeader>`, one entry: the generation's settings.
+    pub const HEADER: usize = 8;
 }
 
-/// Capacity of the source-address tries (per address family).
-pub const FW_SRC_MAX_ENTRIES: u32 = 16_384;
-/// Capacity of the protocol + port rule table.
-pub const FW_PORTS_MAX_ENTRIES: u32 = 4_096;
+/// The fields a rule can constrain; also bits of `FirewallConfig::active_fields` and
+/// indexes of the per-field "miss" values in the `FW_MISC_*` maps.
+pub mod field {
+    pub const SRC: u32 = 0;
+    pub const DST: u32 = 1;
+    pub const PROTO: u32 = 2;
+    pub const SPORT: u32 = 3;
+    pub const DPORT: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
 
-/// What a rule does with a matching packet. Stored as a `u32` in the rule maps.
+/// Capacity of each address trie (per family and generation).
+pub const FW_CIDR_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of each port table: every port of TCP and UDP.
+pub const FW_PORT_MAX_ENTRIES: u32 = 131_072;
+/// Rules that constrain more than one field ("complex" rules) live in a bit mask.
+pub const RULE_WORDS: usize = 4;
+pub const MAX_COMPLEX_RULES: usize = RULE_WORDS * 64;
+/// Where the slot entries start in `FW_MISC_*`: entry `MISC_SLOTS + slot` holds the complex
+/// rule of that slot, encoded, in `first_simple`.
+pub const MISC_SLOTS: u32 = field::COUNT;
+pub const MISC_MAX_ENTRIES: u32 = MISC_SLOTS + MAX_COMPLEX_RULES as u32;
+/// At most this many rules in one rule set (the encoding keeps a rule index in 31 bits; the
+/// tables bound it long before that).
+pub const MAX_RULES: usize = 1 << 20;
+
+/// "No rule": larger than any encoded rule, so `min` ignores it.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// A rule as the kernel returns it: `index << 1 | 1` for drop, `index << 1` for allow. The
+/// smallest encoded value is the earliest rule, whatever its action.
+pub const fn encode_rule(index: u32, drop: bool) -> u32 {
+    (index << 1) | drop as u32
+}
+
+/// What one field's table says about a packet: the earliest single-field rule that matches
+/// on this field (encoded, or `NO_RULE`), and which complex rules this field allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldMatch {
+    pub first_simple: u32,
+    pub _pad: u32,
+    pub bits: [u64; RULE_WORDS],
+}
+
+impl FieldMatch {
+    pub const EMPTY: FieldMatch = FieldMatch {
+        first_simple: NO_RULE,
+        _pad: 0,
+        bits: [0; RULE_WORDS],
+    };
+}
+
+impl Default for FieldMatch {
+    fn default() -> Self {
+        FieldMatch::EMPTY
+    }
+}
+
+/// What an allow/drop action is, as the kernel encodes defaults.
 pub mod action {
     pub const ALLOW: u32 = 1;
     pub const DROP: u32 = 2;
@@ -37,24 +126,38 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Global settings of one loaded `xdp_firewall`.
+/// Which rule generation packets are matched against. Kept alone in its map so that the
+/// switch is one aligned 4-byte store.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FirewallConfig {
-    /// `action::ALLOW` or `action::DROP`; anything else is treated as ALLOW so that an
-    /// unconfigured program (all zeroes) never black-holes an interface.
-    pub default_action: u32,
+    pub generation: u32,
     pub _reserved: u32,
 }
 
-/// Key of the protocol + destination-port rule table. `port == 0` means "every port of this
-/// protocol" (and is what ICMP and non-first fragments look up).
+/// The settings of one rule generation.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSetHeader {
+    /// `action::ALLOW` or `action::DROP`; anything else is treated as ALLOW so that an
+    /// unconfigured program (all zeroes) never black-holes an interface.
+    pub default_action: u32,
+    /// Bit `1 << field::X` set when some rule constrains field X; others are not looked up.
+    pub active_fields: u32,
+    /// Non-zero when there are complex rules (and so slots to look at).
+    pub has_complex: u32,
+    /// Non-zero when `catch_all` holds a rule that constrains nothing (encoded).
+    pub has_catch_all: u32,
+    pub catch_all: u32,
+    pub _reserved: u32,
+}
+
+/// Key of the port tables: protocol (TCP or UDP) and port in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
     pub protocol: u8,
     pub _pad: u8,
-    /// Host byte order.
     pub port: u16,
 }
 
@@ -64,10 +167,10 @@ pub struct PortKey {
 pub enum DropReason {
     /// Too short for a header it claims to have, or a header that contradicts itself.
     Malformed = 0,
-    /// A rule on the source address said drop.
-    SourceRule = 1,
-    /// A protocol + port rule said drop.
-    PortRule = 2,
+    /// A rule said drop.
+    Rule = 1,
+    /// IPv6 extension headers nested deeper than the parser follows.
+    TooManyHeaders = 2,
     /// No rule matched and the default policy is drop.
     DefaultPolicy = 3,
 }
@@ -77,16 +180,16 @@ pub const DROP_REASONS: usize = 4;
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
         DropReason::Malformed,
-        DropReason::SourceRule,
-        DropReason::PortRule,
+        DropReason::Rule,
+        DropReason::TooManyHeaders,
         DropReason::DefaultPolicy,
     ];
 
     pub const fn label(self) -> &'static str {
         match self {
             DropReason::Malformed => "malformed",
-            DropReason::SourceRule => "source_rule",
-            DropReason::PortRule => "port_rule",
+            DropReason::Rule => "rule",
+            DropReason::TooManyHeaders => "too_many_headers",
             DropReason::DefaultPolicy => "default_policy",
         }
     }
@@ -131,5 +234,7 @@ mod pod {
     // padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::FirewallConfig {}
     unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::FieldMatch {}
+    unsafe impl aya::Pod for super::RuleSetHeader {}
     unsafe impl aya::Pod for super::FirewallStats {}
 }

@@ -205,9 +205,15 @@ impl Config {
                     format!("{name} is a {expected_type} program, not {t}"),
                 ));
             }
-            for (i, rule) in program.rules.iter().enumerate() {
-                rule.validate()
-                    .map_err(|m| invalid(path, format!("programs.{name}.rules[{i}]"), m))?;
+            let default_policy = program.default_policy.unwrap_or(RuleAction::Allow);
+            if let Err(e) = actors::rules::compile(&program.rules, default_policy) {
+                let key = match &e {
+                    actors::rules::CompileError::Invalid { index, .. } => {
+                        format!("programs.{name}.rules[{index}]")
+                    }
+                    _ => format!("programs.{name}.rules"),
+                };
+                return Err(invalid(path, key, e.to_string()));
             }
             if let Some(rate) = &program.bandwidth_limit {
                 parse_rate(rate)
@@ -404,7 +410,7 @@ rules = [{ action = "allow", protocol = "icmp" }]
         .unwrap();
         assert_eq!(ok.firewall().attach_mode, AttachMode::Skb);
         assert_eq!(ok.firewall().default_policy, RuleAction::Drop);
-        let e = parse("[programs.xdp_firewall]\nrules = [{ action = \"drop\", port = 22 }]\n")
+        let e = parse("[programs.xdp_firewall]\nrules = [{ action = \"drop\", protocol = \"icmp\", port = 22 }]\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("programs.xdp_firewall.rules[0]"), "{e}");

@@ -1,40 +1,197 @@
 //! `xdp_firewall`: the zero-trust XDP firewall.
 //!
-//! Decision order, the same one `x0tta6bl4-ebpf` documents:
-//! 1. a frame that ends inside a header it announces is dropped (`malformed`);
+//! Decision order, the same one `x0tta6bl4-ebpf rules explain` computes:
+//! 1. a frame that ends inside a header it announces is dropped (`malformed`), and so is an
+//!    IPv6 extension-header chain longer than the parser follows (`too_many_headers`);
 //! 2. non-IP frames (ARP, LLDP, …) pass: the firewall filters IP traffic;
-//! 3. a rule on the exact source address decides;
-//! 4. else a rule on protocol + destination port, then on protocol + any port, decides;
-//! 5. else the default policy.
+//! 3. the first rule, in rule order, that matches decides (see `actors/src/rules.rs` for how
+//!    the rule list becomes the tables below);
+//! 4. else the default policy.
+//!
+//! Every rule table exists in two generations; `FW_CONFIG.generation` says which one packets
+//! use, so user space can fill the other and switch with one store.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action,
+        bindings::{BPF_F_NO_PREALLOC, xdp_action},
         macros::{map, xdp},
         maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
         programs::XdpContext,
     };
-    use ebpf_kern::{ETH_P_IP, ETH_P_IPV6, IPV6_HLEN, L4Info, ethernet, load, transport};
+    use ebpf_kern::{Malformed, Packet, lowest_bit, parse};
     use ebpf_shared::{
-        DropReason, FW_PORTS_MAX_ENTRIES, FW_SRC_MAX_ENTRIES, FirewallConfig, FirewallStats,
-        PortKey, action,
+        DropReason, FW_CIDR_MAX_ENTRIES, FW_PORT_MAX_ENTRIES, FieldMatch, FirewallConfig,
+        FirewallStats, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, PortKey, RULE_WORDS, RuleSetHeader,
+        action, field,
     };
 
     #[map]
     static FW_CONFIG: Array<FirewallConfig> = Array::with_max_entries(1, 0);
     #[map]
-    static FW_SRC_V4: LpmTrie<[u8; 4], u32> =
-        LpmTrie::with_max_entries(FW_SRC_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
-    #[map]
-    static FW_SRC_V6: LpmTrie<[u8; 16], u32> =
-        LpmTrie::with_max_entries(FW_SRC_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
-    #[map]
-    static FW_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(FW_PORTS_MAX_ENTRIES, 0);
-    #[map]
     static FW_STATS: PerCpuArray<FirewallStats> = PerCpuArray::with_max_entries(1, 0);
+
+    /// The rule tables of one generation and the function that matches a packet against them.
+    /// A macro rather than a function over map references: the verifier needs every map a
+    /// helper call uses to be a constant at that call site.
+    macro_rules! generation {
+        ($decide:ident, $src4:ident, $src6:ident, $dst4:ident, $dst6:ident, $proto:ident,
+         $sport:ident, $dport:ident, $misc:ident, $header:ident) => {
+            #[map]
+            static $src4: LpmTrie<[u8; 4], FieldMatch> =
+                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $src6: LpmTrie<[u8; 16], FieldMatch> =
+                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $dst4: LpmTrie<[u8; 4], FieldMatch> =
+                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $dst6: LpmTrie<[u8; 16], FieldMatch> =
+                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $proto: Array<FieldMatch> = Array::with_max_entries(256, 0);
+            #[map]
+            static $sport: HashMap<PortKey, FieldMatch> =
+                HashMap::with_max_entries(FW_PORT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $dport: HashMap<PortKey, FieldMatch> =
+                HashMap::with_max_entries(FW_PORT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $misc: Array<FieldMatch> = Array::with_max_entries(MISC_MAX_ENTRIES, 0);
+            #[map]
+            static $header: Array<RuleSetHeader> = Array::with_max_entries(1, 0);
+
+            /// The encoded deciding rule, or `NO_RULE` with the default action.
+            #[inline(always)]
+            fn $decide(p: &Packet) -> (u32, u32) {
+                let Some(h) = $header.get(0) else {
+                    return (NO_RULE, action::ALLOW);
+                };
+                let active = h.active_fields;
+                let mut best = if h.has_catch_all != 0 {
+                    h.catch_all
+                } else {
+                    NO_RULE
+                };
+                let mut bits = [u64::MAX; RULE_WORDS];
+                if active & (1 << field::SRC) != 0 {
+                    let hit = if p.v6 {
+                        $src6.get(&Key::new(128, p.src6))
+                    } else {
+                        $src4.get(&Key::new(32, p.src4))
+                    };
+                    fold(&mut best, &mut bits, hit.or_else(|| $misc.get(field::SRC)));
+                }
+                if active & (1 << field::DST) != 0 {
+                    let hit = if p.v6 {
+                        $dst6.get(&Key::new(128, p.dst6))
+                    } else {
+                        $dst4.get(&Key::new(32, p.dst4))
+                    };
+                    fold(&mut best, &mut bits, hit.or_else(|| $misc.get(field::DST)));
+                }
+                if active & (1 << field::PROTO) != 0 {
+                    fold(&mut best, &mut bits, $proto.get(p.protocol as u32));
+                }
+                if active & (1 << field::SPORT) != 0 {
+                    let hit = if p.has_ports {
+                        let key = PortKey {
+                            protocol: p.protocol,
+                            _pad: 0,
+                            port: p.source_port,
+                        };
+                        // SAFETY: the value is only read, before this program returns.
+                        unsafe { $sport.get(&key) }
+                    } else {
+                        None
+                    };
+                    fold(
+                        &mut best,
+                        &mut bits,
+                        hit.or_else(|| $misc.get(field::SPORT)),
+                    );
+                }
+                if active & (1 << field::DPORT) != 0 {
+                    let hit = if p.has_ports {
+                        let key = PortKey {
+                            protocol: p.protocol,
+                            _pad: 0,
+                            port: p.dest_port,
+                        };
+                        // SAFETY: as above.
+                        unsafe { $dport.get(&key) }
+                    } else {
+                        None
+                    };
+                    fold(
+                        &mut best,
+                        &mut bits,
+                        hit.or_else(|| $misc.get(field::DPORT)),
+                    );
+                }
+                if h.has_complex != 0 {
+                    for (w, word) in bits.iter().enumerate() {
+                        if *word != 0 {
+                            let slot = MISC_SLOTS + (w as u32) * 64 + lowest_bit(*word);
+                            if let Some(s) = $misc.get(slot) {
+                                best = min(best, s.first_simple);
+                            }
+                            break;
+                        }
+                    }
+                }
+                (best, h.default_action)
+            }
+        };
+    }
+
+    generation!(
+        decide_0,
+        FW_SRC_V4_0,
+        FW_SRC_V6_0,
+        FW_DST_V4_0,
+        FW_DST_V6_0,
+        FW_PROTO_0,
+        FW_SPORT_0,
+        FW_DPORT_0,
+        FW_MISC_0,
+        FW_HEADER_0
+    );
+    generation!(
+        decide_1,
+        FW_SRC_V4_1,
+        FW_SRC_V6_1,
+        FW_DST_V4_1,
+        FW_DST_V6_1,
+        FW_PROTO_1,
+        FW_SPORT_1,
+        FW_DPORT_1,
+        FW_MISC_1,
+        FW_HEADER_1
+    );
+
+    #[inline(always)]
+    fn min(a: u32, b: u32) -> u32 {
+        if b < a { b } else { a }
+    }
+
+    /// Folds one field's answer in. A field whose table (and miss entry) is missing matches
+    /// no rule, which is what an all-zero entry would say too.
+    #[inline(always)]
+    fn fold(best: &mut u32, bits: &mut [u64; RULE_WORDS], m: Option<&FieldMatch>) {
+        match m {
+            Some(m) => {
+                *best = min(*best, m.first_simple);
+                for w in 0..RULE_WORDS {
+                    bits[w] &= m.bits[w];
+                }
+            }
+            None => *bits = [0; RULE_WORDS],
+        }
+    }
 
     enum Verdict {
         Pass,
@@ -75,105 +232,30 @@ mod program {
 
     #[inline(always)]
     fn decide(start: usize, end: usize) -> Verdict {
-        let Some((ethertype, l3)) = ethernet(start, end) else {
-            return Verdict::Drop(DropReason::Malformed);
+        let packet = match parse(start, end) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Verdict::Pass,
+            Err(Malformed::Truncated) => return Verdict::Drop(DropReason::Malformed),
+            Err(Malformed::TooManyHeaders) => return Verdict::Drop(DropReason::TooManyHeaders),
         };
-        let parsed = match ethertype {
-            ETH_P_IP => ipv4(start, end, l3),
-            ETH_P_IPV6 => ipv6(start, end, l3),
-            _ => return Verdict::Pass,
+        let generation = FW_CONFIG.get(0).map(|c| c.generation).unwrap_or(0);
+        let (best, default_action) = if generation == 0 {
+            decide_0(&packet)
+        } else {
+            decide_1(&packet)
         };
-        let Some((source_action, l4)) = parsed else {
-            return Verdict::Drop(DropReason::Malformed);
-        };
-        if let Some(a) = source_action {
-            return from_action(a, DropReason::SourceRule);
+        if best == NO_RULE {
+            return if default_action == action::DROP {
+                Verdict::Drop(DropReason::DefaultPolicy)
+            } else {
+                Verdict::Pass
+            };
         }
-        if let Some(a) = port_rule(l4) {
-            return from_action(a, DropReason::PortRule);
-        }
-        let default = FW_CONFIG
-            .get(0)
-            .map(|c| c.default_action)
-            .unwrap_or(action::ALLOW);
-        from_action(default, DropReason::DefaultPolicy)
-    }
-
-    #[inline(always)]
-    fn from_action(a: u32, reason: DropReason) -> Verdict {
-        if a == action::DROP {
-            Verdict::Drop(reason)
+        if best & 1 == 1 {
+            Verdict::Drop(DropReason::Rule)
         } else {
             Verdict::Pass
         }
-    }
-
-    /// The source-rule action (if any) and the transport info, or `None` when malformed.
-    #[inline(always)]
-    fn ipv4(start: usize, end: usize, l3: usize) -> Option<(Option<u32>, L4Info)> {
-        let header = load::<[u8; 20]>(start, end, l3)?;
-        if header[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = ((header[0] & 0x0f) as usize) * 4;
-        if ihl < 20 {
-            return None;
-        }
-        let total_len = u16::from_be_bytes([header[2], header[3]]) as usize;
-        if total_len < ihl {
-            return None;
-        }
-        let protocol = header[9];
-        let source = [header[12], header[13], header[14], header[15]];
-        let source_action = FW_SRC_V4.get(&Key::new(32, source)).copied();
-        let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-        let l4 = if fragment_offset != 0 {
-            // A non-first fragment carries no transport header: it matches protocol rules
-            // with "any port" only.
-            L4Info {
-                protocol,
-                dest_port: 0,
-            }
-        } else {
-            // Options are covered by the IHL; make sure they are really in the frame.
-            if start + l3 + ihl > end {
-                return None;
-            }
-            transport(start, end, l3 + ihl, protocol)?
-        };
-        Some((source_action, l4))
-    }
-
-    #[inline(always)]
-    fn ipv6(start: usize, end: usize, l3: usize) -> Option<(Option<u32>, L4Info)> {
-        let header = load::<[u8; IPV6_HLEN]>(start, end, l3)?;
-        if header[0] >> 4 != 6 {
-            return None;
-        }
-        let next_header = header[6];
-        let mut source = [0u8; 16];
-        source.copy_from_slice(&header[8..24]);
-        let source_action = FW_SRC_V6.get(&Key::new(128, source)).copied();
-        let l4 = transport(start, end, l3 + IPV6_HLEN, next_header)?;
-        Some((source_action, l4))
-    }
-
-    #[inline(always)]
-    fn port_rule(l4: L4Info) -> Option<u32> {
-        let exact = PortKey {
-            protocol: l4.protocol,
-            _pad: 0,
-            port: l4.dest_port,
-        };
-        // SAFETY: the value is a plain u32 copied out at once.
-        if let Some(a) = unsafe { FW_PORTS.get(&exact) } {
-            return Some(*a);
-        }
-        if l4.dest_port == 0 {
-            return None;
-        }
-        let any = PortKey { port: 0, ..exact };
-        unsafe { FW_PORTS.get(&any) }.copied()
     }
 
     #[panic_handler]
