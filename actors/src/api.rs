@@ -112,6 +112,55 @@ pub enum Request {
     Programs,
     Stats,
     Health,
+    Rules(RulesRequest),
+}
+
+/// The firewall rule set of the daemon (applied to every loaded `xdp_firewall`). Rule numbers
+/// are 1-based, as `rules list` shows them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RulesRequest {
+    List,
+    /// Inserts before rule `position` (1-based); appends when `None`.
+    Add {
+        rule: FirewallRule,
+        position: Option<usize>,
+    },
+    Delete {
+        number: usize,
+    },
+    /// Replaces the whole rule set (and the default policy, when given).
+    Apply {
+        rules: Vec<FirewallRule>,
+        default_policy: Option<RuleAction>,
+    },
+    Explain(PacketQuery),
+}
+
+/// A packet to explain: what the firewall would do with it and why.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PacketQuery {
+    pub source: std::net::IpAddr,
+    pub dest: std::net::IpAddr,
+    pub protocol: Protocol,
+    pub source_port: Option<u16>,
+    pub dest_port: Option<u16>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    pub default_policy: RuleAction,
+    pub rules: Vec<FirewallRule>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub action: RuleAction,
+    /// The deciding rule's number (1-based); `None` when the default policy decided.
+    pub rule_number: Option<usize>,
+    pub rule: Option<FirewallRule>,
+    /// Later rules that match too but do not decide, by number.
+    pub also_matching: Vec<usize>,
+    pub reason: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -124,6 +173,8 @@ pub enum Response {
     Programs(Vec<ProgramInfo>),
     Stats(Vec<ProgramStats>),
     Health(Health),
+    Rules(RuleSet),
+    Explained(Explanation),
     Error(ApiError),
 }
 

@@ -11,9 +11,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::api::{
-    ApiError, AttachMode, ErrorKind, FirewallRule, PacketCounters, ProgramInfo, ProgramType,
-    RuleAction,
+    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, PacketCounters, PacketQuery,
+    ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet, RulesRequest,
 };
+use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
 use crate::{builtin, firewall, sys};
 
 pub enum LoaderMsg {
@@ -40,6 +41,19 @@ pub enum LoaderMsg {
     },
     Counters {
         reply: RpcReplyPort<Vec<(String, Option<PacketCounters>)>>,
+    },
+    /// The firewall rule set every built-in `xdp_firewall` enforces.
+    Rules { reply: RpcReplyPort<RuleSet> },
+    /// Adds, deletes or replaces rules (`RulesRequest::Add`, `Delete`, `Apply`). The new set
+    /// is compiled, installed into every built-in firewall (each switches atomically) and saved
+    /// to the state dir; nothing changes when any step fails.
+    ChangeRules {
+        change: RulesRequest,
+        reply: RpcReplyPort<Result<RuleSet, ApiError>>,
+    },
+    Explain {
+        query: PacketQuery,
+        reply: RpcReplyPort<Result<Explanation, ApiError>>,
     },
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
@@ -73,11 +87,18 @@ impl Default for FirewallSettings {
 pub struct LoaderArgs {
     pub programs_dir: PathBuf,
     pub firewall: FirewallSettings,
+    /// Where the rule set is saved; a saved rule set wins over the config's at start.
+    pub state_dir: PathBuf,
 }
+
+/// The rule set as saved in the state dir.
+const RULES_FILE: &str = "firewall-rules.json";
 
 pub struct LoaderState {
     programs_dir: PathBuf,
     firewall: FirewallSettings,
+    compiled: CompiledRules,
+    state_dir: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
     /// Next number per program name, so ids are never reused while the daemon runs.
     next_number: BTreeMap<String, u64>,
@@ -85,6 +106,8 @@ pub struct LoaderState {
 
 struct LoadedProgram {
     ebpf: Ebpf,
+    /// A built-in `xdp_firewall`: it enforces the daemon's rule set.
+    enforces_rules: bool,
     /// The program's name inside `ebpf`.
     program_name: String,
     info: ProgramInfo,
@@ -102,9 +125,32 @@ impl Actor for LoaderActor {
         _myself: ActorRef<Self::Msg>,
         args: LoaderArgs,
     ) -> Result<LoaderState, ActorProcessingErr> {
+        let mut firewall = args.firewall;
+        let saved = args.state_dir.join(RULES_FILE);
+        match std::fs::read(&saved) {
+            Ok(bytes) => match serde_json::from_slice::<RuleSet>(&bytes) {
+                Ok(set) if compile(&set.rules, set.default_policy).is_ok() => {
+                    info!(file = %saved.display(), rules = set.rules.len(), "firewall rules restored from the state dir");
+                    firewall.rules = set.rules;
+                    firewall.default_policy = set.default_policy;
+                }
+                _ => {
+                    let aside = saved.with_extension("json.unreadable");
+                    let _ = std::fs::rename(&saved, &aside);
+                    warn!(file = %saved.display(), kept_as = %aside.display(), "saved firewall rules are unreadable; using the config's");
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(file = %saved.display(), error = %e, "cannot read saved firewall rules; using the config's")
+            }
+        }
+        let compiled = compile(&firewall.rules, firewall.default_policy)?;
         Ok(LoaderState {
             programs_dir: args.programs_dir,
-            firewall: args.firewall,
+            firewall,
+            compiled,
+            state_dir: args.state_dir,
             programs: BTreeMap::new(),
             next_number: BTreeMap::new(),
         })
@@ -161,6 +207,15 @@ impl Actor for LoaderActor {
                     })
                     .collect();
                 let _ = reply.send(counters);
+            }
+            LoaderMsg::Rules { reply } => {
+                let _ = reply.send(state.rule_set());
+            }
+            LoaderMsg::ChangeRules { change, reply } => {
+                let _ = reply.send(state.change_rules(change));
+            }
+            LoaderMsg::Explain { query, reply } => {
+                let _ = reply.send(state.explain(&query));
             }
             LoaderMsg::Crash => panic!("fault injected into LoaderActor"),
         }
@@ -229,6 +284,173 @@ fn load_error(what: &str, e: ProgramError) -> ApiError {
 }
 
 impl LoaderState {
+    fn rule_set(&self) -> RuleSet {
+        RuleSet {
+            default_policy: self.firewall.default_policy,
+            rules: self.firewall.rules.clone(),
+        }
+    }
+
+    fn change_rules(&mut self, change: RulesRequest) -> Result<RuleSet, ApiError> {
+        let mut rules = self.firewall.rules.clone();
+        let mut default_policy = self.firewall.default_policy;
+        let count = rules.len();
+        match change {
+            RulesRequest::Add { rule, position } => {
+                let at = position.unwrap_or(count + 1);
+                if at == 0 || at > count + 1 {
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "position {at} is outside 1..={}: there are {count} rules",
+                            count + 1
+                        ),
+                    ));
+                }
+                rules.insert(at - 1, rule);
+            }
+            RulesRequest::Delete { number } => {
+                if number == 0 || number > count {
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "there is no rule #{number}: there are {count} rules (see `x0tta6bl4-ebpf rules list`)"
+                        ),
+                    ));
+                }
+                rules.remove(number - 1);
+            }
+            RulesRequest::Apply {
+                rules: new,
+                default_policy: policy,
+            } => {
+                rules = new;
+                default_policy = policy.unwrap_or(default_policy);
+            }
+            RulesRequest::List | RulesRequest::Explain(_) => {
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    "not a change to the rules",
+                ));
+            }
+        }
+        self.set_rules(rules, default_policy)
+    }
+
+    fn set_rules(
+        &mut self,
+        rules: Vec<FirewallRule>,
+        default_policy: RuleAction,
+    ) -> Result<RuleSet, ApiError> {
+        let compiled = compile(&rules, default_policy)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()))?;
+        let set = RuleSet {
+            default_policy,
+            rules,
+        };
+        let enforcing: Vec<String> = self
+            .programs
+            .iter()
+            .filter(|(_, p)| p.enforces_rules)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (n, id) in enforcing.iter().enumerate() {
+            let p = self.programs.get_mut(id).expect("listed just above");
+            if let Err(e) = firewall::install(&mut p.ebpf, &compiled) {
+                // Put back the old rule set where the new one already went.
+                for done in &enforcing[..n] {
+                    let p = self.programs.get_mut(done).expect("listed just above");
+                    if let Err(e) = firewall::install(&mut p.ebpf, &self.compiled) {
+                        warn!(program_id = %done, error = %e, "restoring the previous rules failed");
+                    }
+                }
+                return Err(ApiError::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "installing the rules into {id}: {e}; the previous rules stay in force"
+                    ),
+                ));
+            }
+        }
+        let installed = enforcing;
+        let json = serde_json::to_vec_pretty(&set).expect("rule sets serialize");
+        if let Err(e) = sys::write_atomically(&self.state_dir.join(RULES_FILE), &json) {
+            warn!(state_dir = %self.state_dir.display(), error = %e, "the new rules are in force but could not be saved; they will not survive a restart");
+        }
+        info!(rules = set.rules.len(), default_policy = %default_policy, programs = installed.len(), "firewall rules replaced");
+        self.firewall.rules = set.rules.clone();
+        self.firewall.default_policy = default_policy;
+        self.compiled = compiled;
+        Ok(set)
+    }
+
+    fn explain(&self, q: &PacketQuery) -> Result<Explanation, ApiError> {
+        let protocol = q.protocol.number().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                "give the packet's protocol (tcp, udp, icmp or icmpv6), not any",
+            )
+        })?;
+        if q.source.is_ipv4() != q.dest.is_ipv4() {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                "source and destination must be of the same IP version",
+            ));
+        }
+        let has_ports = q.protocol == Protocol::Tcp || q.protocol == Protocol::Udp;
+        if !has_ports && (q.source_port.is_some() || q.dest_port.is_some()) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{} has no ports", q.protocol),
+            ));
+        }
+        let packet = PacketSummary {
+            source: q.source,
+            dest: q.dest,
+            protocol,
+            // A TCP/UDP packet always has both ports; an unknown one is 0 here, which no rule
+            // can name.
+            source_port: has_ports.then(|| q.source_port.unwrap_or(0)),
+            dest_port: has_ports.then(|| q.dest_port.unwrap_or(0)),
+        };
+        let verdict = self.compiled.evaluate(&packet);
+        let rules = &self.firewall.rules;
+        let also_matching: Vec<usize> = rules
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| {
+                Some(*i) != verdict.rule
+                    && verdict.rule.is_none_or(|d| *i > d)
+                    && rule_matches(r, &packet)
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        let later = if also_matching.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = also_matching.iter().map(|n| format!("#{n}")).collect();
+            format!("; {} match too but come later", list.join(", "))
+        };
+        let reason = match verdict.rule {
+            Some(i) => format!(
+                "rule #{} ({}) is the first rule that matches{later}",
+                i + 1,
+                rules[i]
+            ),
+            None => format!(
+                "no rule matches; the default policy is {}",
+                self.firewall.default_policy
+            ),
+        };
+        Ok(Explanation {
+            action: verdict.action,
+            rule_number: verdict.rule.map(|i| i + 1),
+            rule: verdict.rule.map(|i| rules[i].clone()),
+            also_matching,
+            reason,
+        })
+    }
+
     fn unknown_program(&self, id: &str) -> ApiError {
         let loaded: Vec<&str> = self.programs.keys().map(String::as_str).collect();
         let hint = if loaded.is_empty() {
@@ -389,15 +611,10 @@ impl LoaderState {
             )
         })?;
         let default_mode = if wanted_program.is_some() {
-            firewall::apply_rules(
-                &mut ebpf,
-                &self.firewall.rules,
-                self.firewall.default_policy,
-            )
-            .map_err(|e| {
+            firewall::install(&mut ebpf, &self.compiled).map_err(|e| {
                 ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("xdp_firewall rules: {e}"),
+                    ErrorKind::Internal,
+                    format!("installing the firewall rules: {e}"),
                 )
             })?;
             mode.unwrap_or(self.firewall.attach_mode)
@@ -423,6 +640,7 @@ impl LoaderState {
             id,
             LoadedProgram {
                 ebpf,
+                enforces_rules: wanted_program.is_some(),
                 program_name,
                 info: info.clone(),
             },

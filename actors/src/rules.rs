@@ -24,7 +24,7 @@ use crate::api::{Cidr, FirewallRule, PortRange, RuleAction};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("rule {index} ({rule}): {message}")]
+    #[error("rule #{} ({rule}): {message}", index + 1)]
     Invalid {
         index: usize,
         rule: String,

@@ -493,7 +493,7 @@ fn invalid_rules_are_refused_before_anything_is_written() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("rule 1") && err.contains("icmp has no ports"),
+        err.contains("rule #2") && err.contains("icmp has no ports"),
         "{err}"
     );
     // Nothing was written: the first, valid rule is not in force either.

@@ -319,9 +319,8 @@ impl Daemon {
         let socket = dir.path().join("ebpf.sock");
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("pins")));
         let log = dir.path().join("daemon.log");
-        let config = dir.path().join("ebpf.toml");
         std::fs::write(
-            &config,
+            dir.path().join("ebpf.toml"),
             format!(
                 "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{extra_config}\n",
                 socket.display(),
@@ -333,24 +332,45 @@ impl Daemon {
         )
         .expect("write daemon config");
         std::fs::create_dir_all(dir.path().join("programs")).unwrap();
-        let stderr = File::create(&log).expect("daemon log");
-        let child = ns
-            .command(binary("x0tta6bl4-ebpfd").to_str().unwrap())
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn x0tta6bl4-ebpfd");
         let mut daemon = Daemon {
-            child: Some(child),
+            child: None,
             dir,
             socket,
             pin_root,
             log,
         };
-        daemon.wait_ready();
+        daemon.spawn(ns);
         daemon
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again in `ns` with the same config and state.
+    pub fn restart(&mut self, ns: &NetNs) {
+        if self.child.is_some() {
+            assert!(
+                self.stop().success(),
+                "the daemon stops cleanly:\n{}",
+                self.log_text()
+            );
+        }
+        self.spawn(ns);
+    }
+
+    fn spawn(&mut self, ns: &NetNs) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
+        let child = ns
+            .command(binary("x0tta6bl4-ebpfd").to_str().unwrap())
+            .arg("--config")
+            .arg(self.dir.path().join("ebpf.toml"))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn x0tta6bl4-ebpfd");
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

@@ -6,6 +6,7 @@
 
 mod client;
 mod render;
+mod rules;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,11 @@ enum Command {
     Stats,
     /// Health of programs, attachments and the supervision tree.
     Health,
+    /// The firewall rules: list, add, del, apply FILE, explain.
+    Rules {
+        #[command(subcommand)]
+        command: rules::RulesCommand,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
@@ -134,6 +140,13 @@ fn main() -> ExitCode {
         Command::Programs { .. } => Request::Programs,
         Command::Stats => Request::Stats,
         Command::Health => Request::Health,
+        Command::Rules { ref command } => match rules::request(command) {
+            Ok(r) => Request::Rules(r),
+            Err(message) => {
+                eprintln!("x0tta6bl4-ebpf: {message}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let response = match client::call(&cli.socket, Duration::from_secs(cli.timeout), &request) {
         Ok(r) => r,
@@ -189,6 +202,10 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
         Response::Stats(s) => render::stats(s),
         Response::Health(h) if as_json => json(h),
         Response::Health(h) => render::health(h),
+        Response::Rules(r) if as_json => json(r),
+        Response::Rules(r) => rules::render_rule_set(r),
+        Response::Explained(e) if as_json => json(e),
+        Response::Explained(e) => rules::render_explanation(e),
     };
     print!("{out}");
     Ok(())
@@ -197,6 +214,7 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actors::api::RulesRequest;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("x0tta6bl4-ebpf").chain(args.iter().copied()))
@@ -246,6 +264,103 @@ mod tests {
         assert!(parse(&["status", "--timeout", "0"]).is_err());
         // --priority arrives with program chaining; until then it is not a flag.
         assert!(parse(&["load", "xdp_firewall", "--priority", "100"]).is_err());
+    }
+
+    #[test]
+    fn rules_verbs_parse_and_check_their_input() {
+        let cli = parse(&[
+            "rules",
+            "add",
+            "--action",
+            "drop",
+            "--src",
+            "10.0.0.0/8",
+            "--protocol",
+            "tcp",
+            "--dport",
+            "20-22",
+        ])
+        .unwrap();
+        let Command::Rules { command } = cli.command else {
+            panic!("rules")
+        };
+        let RulesRequest::Add {
+            rule,
+            position: None,
+        } = rules::request(&command).unwrap()
+        else {
+            panic!("add")
+        };
+        assert_eq!(rule.to_string(), "drop tcp from 10.0.0.0/8 dport 20-22");
+        assert!(parse(&["rules", "add", "--action", "drop", "--src", "10.0.0.300"]).is_err());
+        assert!(parse(&["rules", "add", "--action", "maybe"]).is_err());
+        let cli = parse(&[
+            "rules",
+            "add",
+            "--action",
+            "drop",
+            "--protocol",
+            "icmp",
+            "--dport",
+            "1",
+        ])
+        .unwrap();
+        let Command::Rules { command } = cli.command else {
+            panic!("rules")
+        };
+        assert!(
+            rules::request(&command)
+                .unwrap_err()
+                .contains("icmp has no ports")
+        );
+        assert!(
+            parse(&[
+                "rules",
+                "explain",
+                "--src",
+                "10.0.0.1",
+                "--dst",
+                "10.0.0.2",
+                "--protocol",
+                "udp",
+                "--dport",
+                "53"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["rules", "del", "x"]).is_err());
+    }
+
+    #[test]
+    fn rule_files_in_both_shapes_are_read() {
+        let dir = std::env::temp_dir().join(format!("x0t-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let original = dir.join("programs.json");
+        std::fs::write(&original, r#"{"xdp_firewall": {"type": "xdp", "attach_mode": "drv", "rules": [{"action": "drop", "source_ip": "192.168.1.100"}, {"action": "allow", "protocol": "tcp", "port": 443}]}, "tc_shaper": {"type": "tc"}}"#).unwrap();
+        let (r, policy) = rules::read_rules_file(&original).unwrap();
+        assert_eq!((r.len(), policy), (2, None));
+        let list = dir.join("list.json");
+        std::fs::write(
+            &list,
+            r#"[{"action": "drop", "protocol": "udp", "dest_port": "1-1023"}]"#,
+        )
+        .unwrap();
+        assert_eq!(rules::read_rules_file(&list).unwrap().0.len(), 1);
+        let bad = dir.join("bad.json");
+        std::fs::write(
+            &bad,
+            r#"[{"action": "drop", "protocol": "icmp", "port": 7}]"#,
+        )
+        .unwrap();
+        let e = rules::read_rules_file(&bad).unwrap_err();
+        assert!(e.contains("bad.json") && e.contains("rule #1"), "{e}");
+        std::fs::write(&bad, r#"{"rules": []}"#).unwrap();
+        assert!(
+            rules::read_rules_file(&bad)
+                .unwrap_err()
+                .contains("expected a JSON list")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actors::api::{
     self, ApiError, Attachment, Check, ErrorKind, Health, HealthStatus, InterfaceAttachment,
-    PacketCounters, ProgramStats, Request, Response, Status,
+    PacketCounters, ProgramStats, Request, Response, RulesRequest, Status,
 };
 use actors::interfaces::InterfacesMsg;
 use actors::loader::LoaderMsg;
@@ -173,6 +173,23 @@ impl Control {
             }
             Request::Stats => Response::Stats(stats(&loader, &interfaces).await?),
             Request::Health => Response::Health(self.health(&loader, &interfaces).await),
+            Request::Rules(RulesRequest::List) => Response::Rules(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Rules { reply }).await?,
+            ),
+            Request::Rules(RulesRequest::Explain(query)) => Response::Explained(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Explain {
+                    query,
+                    reply,
+                })
+                .await??,
+            ),
+            Request::Rules(change) => Response::Rules(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::ChangeRules {
+                    change,
+                    reply,
+                })
+                .await??,
+            ),
         })
     }
 

@@ -180,6 +180,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let firewall = config.firewall();
     let plan = StartupPlan {
         programs_dir: config.programs_dir.clone(),
+        state_dir: config.state_dir.clone(),
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),
         firewall,

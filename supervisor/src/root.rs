@@ -21,6 +21,7 @@ pub const INTERFACES: &str = "x0tta6bl4.interfaces";
 #[derive(Debug, Clone)]
 pub struct StartupPlan {
     pub programs_dir: std::path::PathBuf,
+    pub state_dir: std::path::PathBuf,
     pub firewall: FirewallSettings,
     /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
     pub auto_attach: Option<(String, AttachMode)>,
@@ -167,6 +168,7 @@ impl RootState {
             LoaderArgs {
                 programs_dir: self.plan.programs_dir.clone(),
                 firewall: self.plan.firewall.clone(),
+                state_dir: self.plan.state_dir.clone(),
             },
             myself.get_cell(),
         )

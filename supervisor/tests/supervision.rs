@@ -21,6 +21,7 @@ async fn tree(
         LoaderArgs {
             programs_dir: std::env::temp_dir(),
             firewall: Default::default(),
+            state_dir: std::env::temp_dir().join(format!("x0t-state-{}", std::process::id())),
         },
     )
     .await
@@ -181,6 +182,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
     let veth = LocalVeth::new();
     let plan = StartupPlan {
         programs_dir: std::env::temp_dir(),
+        state_dir: std::env::temp_dir().join(format!("x0t-state-root-{}", std::process::id())),
         firewall: Default::default(),
         auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
     };
