@@ -18,6 +18,9 @@ pub const MAX_FRAME_LEN: usize = 1 << 20;
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/x0tta6bl4/ebpf.sock";
+/// Rules per frame when a large rule set is sent in `Stage` chunks: far below the frame cap
+/// even for rules with two IPv6 CIDRs and port ranges.
+pub const RULES_PER_FRAME: usize = 4_000;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -128,10 +131,19 @@ pub enum RulesRequest {
     Delete {
         number: usize,
     },
-    /// Replaces the whole rule set (and the default policy, when given).
+    /// Replaces the whole rule set (and the default policy, when given). With `staged`, the
+    /// rules staged under that token come first: a set too large for one frame travels in
+    /// `Stage` chunks and still replaces the old set in one step.
     Apply {
         rules: Vec<FirewallRule>,
         default_policy: Option<RuleAction>,
+        staged: Option<u64>,
+    },
+    /// Appends rules to those staged under `token`, for a later `Apply`. Staged rules not
+    /// applied within a minute are discarded.
+    Stage {
+        token: u64,
+        rules: Vec<FirewallRule>,
     },
     Explain(PacketQuery),
 }

@@ -28,4 +28,6 @@ pub mod builtin {
     /// ELF object of `xdp_firewall` (ebpf-kern/src/bin/xdp_firewall.rs).
     pub static XDP_FIREWALL: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall"));
+    /// ELF object of `xdp_pass` (ebpf-kern/src/bin/xdp_pass.rs).
+    pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass"));
 }

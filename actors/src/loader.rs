@@ -93,11 +93,15 @@ pub struct LoaderArgs {
 
 /// The rule set as saved in the state dir.
 const RULES_FILE: &str = "firewall-rules.json";
+/// How long staged rules wait for their `Apply`.
+const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct LoaderState {
     programs_dir: PathBuf,
     firewall: FirewallSettings,
     compiled: CompiledRules,
+    /// Rules staged for a later `Apply`, by token, with when they were last added to.
+    staged: BTreeMap<u64, (std::time::Instant, Vec<FirewallRule>)>,
     state_dir: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
     /// Next number per program name, so ids are never reused while the daemon runs.
@@ -150,6 +154,7 @@ impl Actor for LoaderActor {
             programs_dir: args.programs_dir,
             firewall,
             compiled,
+            staged: BTreeMap::new(),
             state_dir: args.state_dir,
             programs: BTreeMap::new(),
             next_number: BTreeMap::new(),
@@ -227,6 +232,7 @@ impl Actor for LoaderActor {
 fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
     match name.strip_suffix(".o").unwrap_or(name) {
         "xdp_firewall" => Some((builtin::XDP_FIREWALL, "xdp_firewall")),
+        "xdp_pass" => Some((builtin::XDP_PASS, "xdp_pass")),
         _ => None,
     }
 }
@@ -323,9 +329,47 @@ impl LoaderState {
             RulesRequest::Apply {
                 rules: new,
                 default_policy: policy,
+                staged,
             } => {
-                rules = new;
+                rules = match staged {
+                    Some(token) => {
+                        let Some((_, mut first)) = self.staged.remove(&token) else {
+                            return Err(ApiError::new(
+                                ErrorKind::InvalidRequest,
+                                format!(
+                                    "nothing is staged under token {token} (staged rules expire after {}s); send the rules again",
+                                    STAGE_TTL.as_secs()
+                                ),
+                            ));
+                        };
+                        first.extend(new);
+                        first
+                    }
+                    None => new,
+                };
                 default_policy = policy.unwrap_or(default_policy);
+            }
+            RulesRequest::Stage { token, rules: more } => {
+                let now = std::time::Instant::now();
+                self.staged
+                    .retain(|_, (at, _)| now.duration_since(*at) < STAGE_TTL);
+                let entry = self
+                    .staged
+                    .entry(token)
+                    .or_insert_with(|| (now, Vec::new()));
+                if entry.1.len() + more.len() > ebpf_shared::MAX_RULES {
+                    self.staged.remove(&token);
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("more than {} rules staged", ebpf_shared::MAX_RULES),
+                    ));
+                }
+                entry.0 = now;
+                entry.1.extend(more);
+                return Ok(RuleSet {
+                    default_policy: self.firewall.default_policy,
+                    rules: Vec::new(),
+                });
             }
             RulesRequest::List | RulesRequest::Explain(_) => {
                 return Err(ApiError::new(
@@ -498,7 +542,10 @@ impl LoaderState {
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut known = vec!["xdp_firewall (built-in)".to_string()];
+            let mut known = vec![
+                "xdp_firewall (built-in)".to_string(),
+                "xdp_pass (built-in)".to_string(),
+            ];
             known.extend(available);
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
@@ -610,7 +657,10 @@ impl LoaderState {
                 format!("reading info of {what}: {}", sys::chain(&e)),
             )
         })?;
-        let default_mode = if wanted_program.is_some() {
+        // The built-in firewall enforces the daemon's rule set and attaches in the configured
+        // mode; everything else starts with no rules of ours and driver mode.
+        let enforces_rules = wanted_program == Some("xdp_firewall");
+        let default_mode = if enforces_rules {
             firewall::install(&mut ebpf, &self.compiled).map_err(|e| {
                 ApiError::new(
                     ErrorKind::Internal,
@@ -640,7 +690,7 @@ impl LoaderState {
             id,
             LoadedProgram {
                 ebpf,
-                enforces_rules: wanted_program.is_some(),
+                enforces_rules,
                 program_name,
                 info: info.clone(),
             },

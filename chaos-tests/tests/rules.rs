@@ -178,3 +178,46 @@ fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
         std::fs::read_to_string(daemon.dir.path().join("state/firewall-rules.json")).unwrap();
     assert!(saved.contains(&allowed_s), "{saved}");
 }
+
+#[test]
+fn a_rule_set_larger_than_one_frame_is_applied_in_one_step() {
+    let hosts = TwoHosts::new();
+    let config = format!(
+        "interface = \"{}\"\nauto_load_programs = true\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    wait_attached(&daemon);
+    // 9,999 rules that match nothing here, then the one that matters, in the last chunk.
+    let mut rules: Vec<String> = (0..9_999)
+        .map(|i| {
+            format!(
+                r#"{{"action":"drop","source_ip":"10.200.{}.{}"}}"#,
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    rules.push(format!(
+        r#"{{"action":"drop","source_ip":"{}"}}"#,
+        hosts.ips_b[1]
+    ));
+    let file = daemon.dir.path().join("big.json");
+    std::fs::write(&file, format!("[{}]", rules.join(","))).unwrap();
+    let applied = daemon.cli_json(&["rules", "apply", file.to_str().unwrap()]);
+    assert_eq!(applied["rules"].as_array().unwrap().len(), 10_000);
+    hosts.send_udp(hosts.ips_b[1], 9, 4, 10);
+    hosts.send_udp(hosts.ips_b[0], 9, 4, 10);
+    assert_eq!(dropped_by_rules(&daemon, 4), 4);
+    let explained = daemon.cli_json(&[
+        "rules",
+        "explain",
+        "--src",
+        &hosts.ips_b[1].to_string(),
+        "--dst",
+        &hosts.ip_a.to_string(),
+        "--protocol",
+        "udp",
+    ]);
+    assert_eq!(explained["rule_number"], 10_000);
+}

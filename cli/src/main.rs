@@ -148,13 +148,29 @@ fn main() -> ExitCode {
             }
         },
     };
-    let response = match client::call(&cli.socket, Duration::from_secs(cli.timeout), &request) {
-        Ok(r) => r,
-        Err(client::ClientError::Unreachable(m) | client::ClientError::Exchange(m)) => {
-            eprintln!("x0tta6bl4-ebpf: {m}");
-            return ExitCode::from(1);
-        }
+    // A rule set too large for one frame goes in chunks; the last answer is the one to show.
+    let frames = match request {
+        Request::Rules(r) => rules::in_frames(r)
+            .into_iter()
+            .map(Request::Rules)
+            .collect(),
+        other => vec![other],
     };
+    let mut response = None;
+    for frame in &frames {
+        match client::call(&cli.socket, Duration::from_secs(cli.timeout), frame) {
+            Ok(Response::Error(e)) => {
+                response = Some(Response::Error(e));
+                break;
+            }
+            Ok(r) => response = Some(r),
+            Err(client::ClientError::Unreachable(m) | client::ClientError::Exchange(m)) => {
+                eprintln!("x0tta6bl4-ebpf: {m}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let response = response.expect("at least one frame is sent");
     let verbose = matches!(cli.command, Command::Programs { verbose: true });
     match print(&response, cli.json, verbose) {
         Ok(()) => ExitCode::SUCCESS,
@@ -329,6 +345,31 @@ mod tests {
             .is_ok()
         );
         assert!(parse(&["rules", "del", "x"]).is_err());
+    }
+
+    #[test]
+    fn large_rule_sets_travel_in_frames_under_the_cap() {
+        let rule: actors::api::FirewallRule =
+            serde_json::from_str(r#"{"action":"drop","source_ip":"fd00:1234:5678:9abc::/64","dest_ip":"fd00:1234:5678:9abc:def0:1234:5678:9abc","protocol":"tcp","source_port":"1000-2000","dest_port":"30000-40000"}"#).unwrap();
+        let rules = vec![rule; 10_000];
+        let frames = rules::in_frames(RulesRequest::Apply {
+            rules,
+            default_policy: None,
+            staged: None,
+        });
+        assert_eq!(frames.len(), 4, "three chunks and the apply");
+        for f in &frames {
+            let frame =
+                actors::api::encode_frame(&Request::Rules(f.clone())).expect("each frame fits");
+            assert!(frame.len() < actors::api::MAX_FRAME_LEN);
+        }
+        assert!(matches!(
+            frames.last(),
+            Some(RulesRequest::Apply {
+                staged: Some(_),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -77,6 +77,44 @@ pub enum RulesCommand {
     },
 }
 
+/// Splits an `Apply` too large for one frame into `Stage` chunks and a final `Apply` that
+/// swaps the whole set in at once. Other requests pass through.
+pub fn in_frames(request: RulesRequest) -> Vec<RulesRequest> {
+    let RulesRequest::Apply {
+        rules,
+        default_policy,
+        staged: None,
+    } = request
+    else {
+        return vec![request];
+    };
+    if rules.len() <= actors::api::RULES_PER_FRAME {
+        return vec![RulesRequest::Apply {
+            rules,
+            default_policy,
+            staged: None,
+        }];
+    }
+    let token = u64::from(std::process::id()) << 32
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut frames: Vec<RulesRequest> = rules
+        .chunks(actors::api::RULES_PER_FRAME)
+        .map(|chunk| RulesRequest::Stage {
+            token,
+            rules: chunk.to_vec(),
+        })
+        .collect();
+    frames.push(RulesRequest::Apply {
+        rules: Vec::new(),
+        default_policy,
+        staged: Some(token),
+    });
+    frames
+}
+
 /// The request for `command`; `Err` is a problem with the user's input (exit code 2).
 pub fn request(command: &RulesCommand) -> Result<RulesRequest, String> {
     Ok(match command {
@@ -114,6 +152,7 @@ pub fn request(command: &RulesCommand) -> Result<RulesRequest, String> {
             RulesRequest::Apply {
                 rules,
                 default_policy: default_policy.map(Into::into).or(from_file),
+                staged: None,
             }
         }
         RulesCommand::Explain {
