@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 /// Version byte of every frame. Bump it when a change to these types is not compatible.
 pub const PROTOCOL_VERSION: u8 = 1;
-/// Largest frame (version byte + payload) either side accepts.
+/// Largest request frame (version byte + payload) the daemon accepts: what protects it from
+/// a client's mistake.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
+/// Largest response frame the CLI accepts: the daemon is trusted, and a listing of a large
+/// rule set is bigger than a request may be.
+pub const MAX_RESPONSE_LEN: usize = 64 << 20;
 /// Length prefix + version byte.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Where the daemon listens unless told otherwise.
@@ -656,8 +660,8 @@ impl fmt::Display for FirewallRule {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {len} bytes is larger than the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge { len: usize },
+    #[error("frame of {len} bytes is larger than the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
     #[error("empty frame (no version byte)")]
     Empty,
     #[error(
@@ -671,27 +675,39 @@ pub enum FrameError {
 }
 
 fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
+    // The frame length is checked against the caller's limit before any of it is read.
+    bincode::config::standard().with_limit::<MAX_RESPONSE_LEN>()
 }
 
-/// Encodes `value` as a whole frame: length, version, payload.
+/// Encodes a request as a whole frame: length, version, payload.
 pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    encode_frame_within(value, MAX_FRAME_LEN)
+}
+
+/// Encodes a response, which may be larger than a request.
+pub fn encode_response(value: &Response) -> Result<Vec<u8>, FrameError> {
+    encode_frame_within(value, MAX_RESPONSE_LEN)
+}
+
+fn encode_frame_within<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
     let mut frame = vec![0u8; FRAME_HEADER_LEN];
     frame[4] = PROTOCOL_VERSION;
     bincode::serde::encode_into_std_write(value, &mut frame, bincode_config())?;
     let len = frame.len() - 4;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len });
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame)
 }
 
-/// Reads the length prefix; the caller then reads that many bytes and calls [`decode_body`].
-pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+/// Reads the length prefix of a frame that may be at most `limit` bytes (`MAX_FRAME_LEN`
+/// for requests, `MAX_RESPONSE_LEN` for responses); the caller then reads that many bytes and
+/// calls [`decode_body`].
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len });
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
     if len == 0 {
         return Err(FrameError::Empty);
@@ -715,7 +731,7 @@ mod tests {
 
     fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + fmt::Debug>(v: T) {
         let frame = encode_frame(&v).unwrap();
-        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap(), MAX_FRAME_LEN).unwrap();
         assert_eq!(len, frame.len() - 4);
         let back: T = decode_body(&frame[4..]).unwrap();
         assert_eq!(back, v);
@@ -756,10 +772,17 @@ mod tests {
     fn oversized_length_is_refused_before_reading() {
         let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
         assert!(matches!(
-            frame_len(prefix),
+            frame_len(prefix, MAX_FRAME_LEN),
             Err(FrameError::TooLarge { .. })
         ));
-        assert!(matches!(frame_len([0; 4]), Err(FrameError::Empty)));
+        assert!(
+            frame_len(prefix, MAX_RESPONSE_LEN).is_ok(),
+            "a response may be larger"
+        );
+        assert!(matches!(
+            frame_len([0; 4], MAX_FRAME_LEN),
+            Err(FrameError::Empty)
+        ));
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub fn call(socket: &Path, timeout: Duration, request: &Request) -> Result<Respo
     stream.write_all(&frame).map_err(exchange)?;
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).map_err(exchange)?;
-    let len =
-        api::frame_len(prefix).map_err(|e| ClientError::Exchange(format!("bad response: {e}")))?;
+    let len = api::frame_len(prefix, api::MAX_RESPONSE_LEN)
+        .map_err(|e| ClientError::Exchange(format!("bad response: {e}")))?;
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).map_err(exchange)?;
     api::decode_body(&body).map_err(|e| ClientError::Exchange(format!("bad response: {e}")))

@@ -51,7 +51,7 @@ impl Control {
             if stream.read_exact(&mut prefix).await.is_err() {
                 return; // the client closed the connection
             }
-            let len = match api::frame_len(prefix) {
+            let len = match api::frame_len(prefix, api::MAX_FRAME_LEN) {
                 Ok(len) => len,
                 Err(e) => {
                     // The stream cannot be resynchronised after a bad length: answer, close.
@@ -325,12 +325,12 @@ fn protocol_error(e: api::FrameError) -> Response {
 }
 
 async fn send(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
-    let frame = api::encode_frame(response).unwrap_or_else(|e| {
+    let frame = api::encode_response(response).unwrap_or_else(|e| {
         let fallback = Response::Error(ApiError::new(
             ErrorKind::Internal,
             format!("response too large: {e}"),
         ));
-        api::encode_frame(&fallback).expect("a short error always encodes")
+        api::encode_response(&fallback).expect("a short error always encodes")
     });
     stream.write_all(&frame).await
 }

@@ -5,8 +5,10 @@
 //! - `build`: setup, then every binary.
 //! - `run`: the demo: two namespaces joined by a veth pair, the daemon with the firewall on one
 //!   end, allowed and denied traffic from the other, the CLI's view every few seconds.
+//! - `bench`: per-packet cost side by side with xdp-filter, written to BENCHMARKS.md.
 //! - `test`: setup, build, then every test tier.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -34,6 +36,8 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
+    /// Per-packet cost side by side with xdp-filter; writes BENCHMARKS.md.
+    Bench,
     /// Setup, build, then run every test tier (unit, kernel, integration).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -49,6 +53,9 @@ fn main() {
         Task::Run { duration } => setup::run()
             .and_then(|_| build())
             .and_then(|_| demo::run(duration)),
+        Task::Bench => setup::run()
+            .and_then(|_| build())
+            .and_then(|_| bench::run()),
         Task::Test { cargo_args } => setup::run()
             .and_then(|_| build())
             .and_then(|_| test(&cargo_args)),
