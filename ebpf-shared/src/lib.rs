@@ -14,15 +14,23 @@ pub mod maps {
     pub const FW_STATS: &str = "FW_STATS";
 
     /// The rule maps of each generation; index with the constants below.
-    pub const RULE_MAPS: [[&str; 9]; 2] = [
+    pub const RULE_MAPS: [[&str; RULE_MAP_COUNT]; 2] = [
         [
             "FW_SRC_V4_0",
             "FW_SRC_V6_0",
             "FW_DST_V4_0",
             "FW_DST_V6_0",
+            "FW_SRC_V4_EXACT_0",
+            "FW_SRC_V6_EXACT_0",
+            "FW_DST_V4_EXACT_0",
+            "FW_DST_V6_EXACT_0",
             "FW_PROTO_0",
-            "FW_SPORT_0",
-            "FW_DPORT_0",
+            "FW_SPORT_TCP_0",
+            "FW_SPORT_UDP_0",
+            "FW_DPORT_TCP_0",
+            "FW_DPORT_UDP_0",
+            "FW_SPORT_CLASS_0",
+            "FW_DPORT_CLASS_0",
             "FW_MISC_0",
             "FW_HEADER_0",
         ],
@@ -31,26 +39,60 @@ pub mod maps {
             "FW_SRC_V6_1",
             "FW_DST_V4_1",
             "FW_DST_V6_1",
+            "FW_SRC_V4_EXACT_1",
+            "FW_SRC_V6_EXACT_1",
+            "FW_DST_V4_EXACT_1",
+            "FW_DST_V6_EXACT_1",
             "FW_PROTO_1",
-            "FW_SPORT_1",
-            "FW_DPORT_1",
+            "FW_SPORT_TCP_1",
+            "FW_SPORT_UDP_1",
+            "FW_DPORT_TCP_1",
+            "FW_DPORT_UDP_1",
+            "FW_SPORT_CLASS_1",
+            "FW_DPORT_CLASS_1",
             "FW_MISC_1",
             "FW_HEADER_1",
         ],
     ];
-    /// Indexes into a `RULE_MAPS` row.
+    pub const RULE_MAP_COUNT: usize = 17;
+    /// `LpmTrie<u32 | [u32; 4], FieldMatch>`: networks shorter than a host address.
     pub const SRC_V4: usize = 0;
     pub const SRC_V6: usize = 1;
     pub const DST_V4: usize = 2;
     pub const DST_V6: usize = 3;
-    pub const PROTO: usize = 4;
-    pub const SPORT: usize = 5;
-    pub const DPORT: usize = 6;
-    /// `Array<FieldMatch>`: the value of each field when its table has no entry for the
-    /// packet (index = `field::*`), then the complex-rule slots (see `MISC_SLOTS`).
-    pub const MISC: usize = 7;
+    /// `HashMap<u32 | [u32; 4], FieldMatch>`: host addresses (/32, /128), looked up first.
+    pub const SRC_V4_EXACT: usize = 4;
+    pub const SRC_V6_EXACT: usize = 5;
+    pub const DST_V4_EXACT: usize = 6;
+    pub const DST_V6_EXACT: usize = 7;
+    /// `Array<FieldMatch>` indexed by IP protocol number.
+    pub const PROTO: usize = 8;
+    /// `Array<u64>` indexed by port: `epoch << 32 | class` (see `RuleSetHeader::port_epoch`).
+    pub const SPORT_TCP: usize = 9;
+    pub const SPORT_UDP: usize = 10;
+    pub const DPORT_TCP: usize = 11;
+    pub const DPORT_UDP: usize = 12;
+    /// `Array<FieldMatch>` indexed by port class; class 0 is "no port rule here".
+    pub const SPORT_CLASS: usize = 13;
+    pub const DPORT_CLASS: usize = 14;
+    /// `Array<FieldMatch>`: the value of each address field when its tables have no entry for
+    /// the packet (index = `field::*`), then the complex-rule slots (see `MISC_SLOTS`).
+    pub const MISC: usize = 15;
     /// `Array<RuleSetHeader>`, one entry: the generation's settings.
-    pub const HEADER: usize = 8;
+    pub const HEADER: usize = 16;
+}
+
+/// Bits of `RuleSetHeader::address_tables`: which address tables have entries, so that empty
+/// ones are not looked up.
+pub mod tables {
+    pub const SRC_V4_EXACT: u32 = 1 << 0;
+    pub const SRC_V4_CIDR: u32 = 1 << 1;
+    pub const SRC_V6_EXACT: u32 = 1 << 2;
+    pub const SRC_V6_CIDR: u32 = 1 << 3;
+    pub const DST_V4_EXACT: u32 = 1 << 4;
+    pub const DST_V4_CIDR: u32 = 1 << 5;
+    pub const DST_V6_EXACT: u32 = 1 << 6;
+    pub const DST_V6_CIDR: u32 = 1 << 7;
 }
 
 /// The fields a rule can constrain; also bits of `FirewallConfig::active_fields` and
@@ -66,8 +108,12 @@ pub mod field {
 
 /// Capacity of each address trie (per family and generation).
 pub const FW_CIDR_MAX_ENTRIES: u32 = 131_072;
-/// Capacity of each port table: every port of TCP and UDP.
-pub const FW_PORT_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of each exact-address table (per family and generation).
+pub const FW_EXACT_MAX_ENTRIES: u32 = 262_144;
+/// Port arrays hold every port.
+pub const PORTS: u32 = 65_536;
+/// Distinct port classes per field (TCP and UDP together), class 0 included.
+pub const FW_PORT_CLASSES: u32 = 16_384;
 /// Rules that constrain more than one field ("complex" rules) live in a bit mask.
 pub const RULE_WORDS: usize = 4;
 pub const MAX_COMPLEX_RULES: usize = RULE_WORDS * 64;
@@ -91,7 +137,7 @@ pub const fn encode_rule(index: u32, drop: bool) -> u32 {
 /// What one field's table says about a packet: the earliest single-field rule that matches
 /// on this field (encoded, or `NO_RULE`), and which complex rules this field allows.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FieldMatch {
     pub first_simple: u32,
     pub _pad: u32,
@@ -149,10 +195,16 @@ pub struct RuleSetHeader {
     /// Non-zero when `catch_all` holds a rule that constrains nothing (encoded).
     pub has_catch_all: u32,
     pub catch_all: u32,
+    /// `tables::*` bits.
+    pub address_tables: u32,
+    /// Port array entries written by this install carry this epoch; entries with another one
+    /// are left over from older installs and mean class 0. Never 0.
+    pub port_epoch: u32,
     pub _reserved: u32,
 }
 
-/// Key of the port tables: protocol (TCP or UDP) and port in host byte order.
+/// A port of a protocol (TCP or UDP), port in host byte order: how the compiler indexes the
+/// port tables before they become per-protocol arrays.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortKey {
@@ -161,71 +213,51 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// Why a packet was dropped; indexes `FirewallStats::dropped_by_reason`.
+/// What happened to a packet; indexes `FW_STATS`, so that each packet costs one counter
+/// update (packets and bytes) and user space derives the totals.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
+pub enum Outcome {
+    Passed = 0,
     /// Too short for a header it claims to have, or a header that contradicts itself.
-    Malformed = 0,
+    Malformed = 1,
     /// A rule said drop.
-    Rule = 1,
+    Rule = 2,
     /// IPv6 extension headers nested deeper than the parser follows.
-    TooManyHeaders = 2,
+    TooManyHeaders = 3,
     /// No rule matched and the default policy is drop.
-    DefaultPolicy = 3,
+    DefaultPolicy = 4,
 }
 
-pub const DROP_REASONS: usize = 4;
+pub const OUTCOMES: u32 = 5;
 
-impl DropReason {
-    pub const ALL: [DropReason; DROP_REASONS] = [
-        DropReason::Malformed,
-        DropReason::Rule,
-        DropReason::TooManyHeaders,
-        DropReason::DefaultPolicy,
+impl Outcome {
+    /// The drop outcomes, labelled as `stats` and the metrics report them.
+    pub const DROPS: [Outcome; 4] = [
+        Outcome::Malformed,
+        Outcome::Rule,
+        Outcome::TooManyHeaders,
+        Outcome::DefaultPolicy,
     ];
 
     pub const fn label(self) -> &'static str {
         match self {
-            DropReason::Malformed => "malformed",
-            DropReason::Rule => "rule",
-            DropReason::TooManyHeaders => "too_many_headers",
-            DropReason::DefaultPolicy => "default_policy",
+            Outcome::Passed => "passed",
+            Outcome::Malformed => "malformed",
+            Outcome::Rule => "rule",
+            Outcome::TooManyHeaders => "too_many_headers",
+            Outcome::DefaultPolicy => "default_policy",
         }
     }
 }
 
-/// Per-CPU counters of one loaded `xdp_firewall`. Bytes are frame lengths as XDP sees them
+/// Packets and bytes of one outcome on one CPU. Bytes are frame lengths as XDP sees them
 /// (from the Ethernet header on, no FCS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FirewallStats {
-    pub processed_packets: u64,
-    pub processed_bytes: u64,
-    pub passed_packets: u64,
-    pub passed_bytes: u64,
-    pub dropped_packets: u64,
-    pub dropped_bytes: u64,
-    pub dropped_by_reason: [u64; DROP_REASONS],
-}
-
-impl FirewallStats {
-    /// Adds another CPU's counters into this one.
-    pub fn accumulate(&mut self, other: &FirewallStats) {
-        self.processed_packets += other.processed_packets;
-        self.processed_bytes += other.processed_bytes;
-        self.passed_packets += other.passed_packets;
-        self.passed_bytes += other.passed_bytes;
-        self.dropped_packets += other.dropped_packets;
-        self.dropped_bytes += other.dropped_bytes;
-        for (sum, v) in self
-            .dropped_by_reason
-            .iter_mut()
-            .zip(other.dropped_by_reason)
-        {
-            *sum += v;
-        }
-    }
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[cfg(feature = "user")]
@@ -236,5 +268,5 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::FieldMatch {}
     unsafe impl aya::Pod for super::RuleSetHeader {}
-    unsafe impl aya::Pod for super::FirewallStats {}
+    unsafe impl aya::Pod for super::Counter {}
 }

@@ -23,42 +23,62 @@ mod program {
     };
     use ebpf_kern::{Malformed, Packet, lowest_bit, parse};
     use ebpf_shared::{
-        DropReason, FW_CIDR_MAX_ENTRIES, FW_PORT_MAX_ENTRIES, FieldMatch, FirewallConfig,
-        FirewallStats, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, PortKey, RULE_WORDS, RuleSetHeader,
-        action, field,
+        Counter, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES, FW_PORT_CLASSES, FieldMatch,
+        FirewallConfig, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
+        RULE_WORDS, RuleSetHeader, action, field, proto, tables,
     };
 
     #[map]
     static FW_CONFIG: Array<FirewallConfig> = Array::with_max_entries(1, 0);
     #[map]
-    static FW_STATS: PerCpuArray<FirewallStats> = PerCpuArray::with_max_entries(1, 0);
+    static FW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(OUTCOMES, 0);
 
     /// The rule tables of one generation and the function that matches a packet against them.
     /// A macro rather than a function over map references: the verifier needs every map a
     /// helper call uses to be a constant at that call site.
     macro_rules! generation {
-        ($decide:ident, $src4:ident, $src6:ident, $dst4:ident, $dst6:ident, $proto:ident,
-         $sport:ident, $dport:ident, $misc:ident, $header:ident) => {
+        ($decide:ident, $src4:ident, $src6:ident, $dst4:ident, $dst6:ident, $src4x:ident,
+         $src6x:ident, $dst4x:ident, $dst6x:ident, $proto:ident, $sport_tcp:ident,
+         $sport_udp:ident, $dport_tcp:ident, $dport_udp:ident, $sport_class:ident,
+         $dport_class:ident, $misc:ident, $header:ident) => {
             #[map]
-            static $src4: LpmTrie<[u8; 4], FieldMatch> =
+            static $src4: LpmTrie<u32, FieldMatch> =
                 LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
-            static $src6: LpmTrie<[u8; 16], FieldMatch> =
+            static $src6: LpmTrie<[u32; 4], FieldMatch> =
                 LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
-            static $dst4: LpmTrie<[u8; 4], FieldMatch> =
+            static $dst4: LpmTrie<u32, FieldMatch> =
                 LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
-            static $dst6: LpmTrie<[u8; 16], FieldMatch> =
+            static $dst6: LpmTrie<[u32; 4], FieldMatch> =
                 LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $src4x: HashMap<u32, FieldMatch> =
+                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $src6x: HashMap<[u32; 4], FieldMatch> =
+                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $dst4x: HashMap<u32, FieldMatch> =
+                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            #[map]
+            static $dst6x: HashMap<[u32; 4], FieldMatch> =
+                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $proto: Array<FieldMatch> = Array::with_max_entries(256, 0);
             #[map]
-            static $sport: HashMap<PortKey, FieldMatch> =
-                HashMap::with_max_entries(FW_PORT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            static $sport_tcp: Array<u64> = Array::with_max_entries(PORTS, 0);
             #[map]
-            static $dport: HashMap<PortKey, FieldMatch> =
-                HashMap::with_max_entries(FW_PORT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+            static $sport_udp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            #[map]
+            static $dport_tcp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            #[map]
+            static $dport_udp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            #[map]
+            static $sport_class: Array<FieldMatch> = Array::with_max_entries(FW_PORT_CLASSES, 0);
+            #[map]
+            static $dport_class: Array<FieldMatch> = Array::with_max_entries(FW_PORT_CLASSES, 0);
             #[map]
             static $misc: Array<FieldMatch> = Array::with_max_entries(MISC_MAX_ENTRIES, 0);
             #[map]
@@ -71,6 +91,8 @@ mod program {
                     return (NO_RULE, action::ALLOW);
                 };
                 let active = h.active_fields;
+                let t = h.address_tables;
+                let complex = h.has_complex != 0;
                 let mut best = if h.has_catch_all != 0 {
                     h.catch_all
                 } else {
@@ -78,61 +100,87 @@ mod program {
                 };
                 let mut bits = [u64::MAX; RULE_WORDS];
                 if active & (1 << field::SRC) != 0 {
+                    // A host entry, when there is one, is the longest prefix: it already holds
+                    // what every network around it says.
                     let hit = if p.v6 {
-                        $src6.get(&Key::new(128, p.src6))
+                        exact_then_cidr(
+                            t & tables::SRC_V6_EXACT != 0,
+                            t & tables::SRC_V6_CIDR != 0,
+                            || unsafe { $src6x.get(&p.src) },
+                            || $src6.get(&Key::new(128, p.src)),
+                        )
                     } else {
-                        $src4.get(&Key::new(32, p.src4))
+                        exact_then_cidr(
+                            t & tables::SRC_V4_EXACT != 0,
+                            t & tables::SRC_V4_CIDR != 0,
+                            || unsafe { $src4x.get(&p.src[0]) },
+                            || $src4.get(&Key::new(32, p.src[0])),
+                        )
                     };
-                    fold(&mut best, &mut bits, hit.or_else(|| $misc.get(field::SRC)));
+                    fold(
+                        complex,
+                        &mut best,
+                        &mut bits,
+                        hit.or_else(|| $misc.get(field::SRC)),
+                    );
                 }
                 if active & (1 << field::DST) != 0 {
                     let hit = if p.v6 {
-                        $dst6.get(&Key::new(128, p.dst6))
+                        exact_then_cidr(
+                            t & tables::DST_V6_EXACT != 0,
+                            t & tables::DST_V6_CIDR != 0,
+                            || unsafe { $dst6x.get(&p.dst) },
+                            || $dst6.get(&Key::new(128, p.dst)),
+                        )
                     } else {
-                        $dst4.get(&Key::new(32, p.dst4))
-                    };
-                    fold(&mut best, &mut bits, hit.or_else(|| $misc.get(field::DST)));
-                }
-                if active & (1 << field::PROTO) != 0 {
-                    fold(&mut best, &mut bits, $proto.get(p.protocol as u32));
-                }
-                if active & (1 << field::SPORT) != 0 {
-                    let hit = if p.has_ports {
-                        let key = PortKey {
-                            protocol: p.protocol,
-                            _pad: 0,
-                            port: p.source_port,
-                        };
-                        // SAFETY: the value is only read, before this program returns.
-                        unsafe { $sport.get(&key) }
-                    } else {
-                        None
+                        exact_then_cidr(
+                            t & tables::DST_V4_EXACT != 0,
+                            t & tables::DST_V4_CIDR != 0,
+                            || unsafe { $dst4x.get(&p.dst[0]) },
+                            || $dst4.get(&Key::new(32, p.dst[0])),
+                        )
                     };
                     fold(
+                        complex,
                         &mut best,
                         &mut bits,
-                        hit.or_else(|| $misc.get(field::SPORT)),
+                        hit.or_else(|| $misc.get(field::DST)),
+                    );
+                }
+                if active & (1 << field::PROTO) != 0 {
+                    fold(complex, &mut best, &mut bits, $proto.get(p.protocol as u32));
+                }
+                if active & (1 << field::SPORT) != 0 {
+                    let entry = if !p.has_ports {
+                        None
+                    } else if p.protocol == proto::TCP {
+                        $sport_tcp.get(p.source_port as u32)
+                    } else {
+                        $sport_udp.get(p.source_port as u32)
+                    };
+                    fold(
+                        complex,
+                        &mut best,
+                        &mut bits,
+                        $sport_class.get(port_class(entry, h.port_epoch)),
                     );
                 }
                 if active & (1 << field::DPORT) != 0 {
-                    let hit = if p.has_ports {
-                        let key = PortKey {
-                            protocol: p.protocol,
-                            _pad: 0,
-                            port: p.dest_port,
-                        };
-                        // SAFETY: as above.
-                        unsafe { $dport.get(&key) }
-                    } else {
+                    let entry = if !p.has_ports {
                         None
+                    } else if p.protocol == proto::TCP {
+                        $dport_tcp.get(p.dest_port as u32)
+                    } else {
+                        $dport_udp.get(p.dest_port as u32)
                     };
                     fold(
+                        complex,
                         &mut best,
                         &mut bits,
-                        hit.or_else(|| $misc.get(field::DPORT)),
+                        $dport_class.get(port_class(entry, h.port_epoch)),
                     );
                 }
-                if h.has_complex != 0 {
+                if complex {
                     for (w, word) in bits.iter().enumerate() {
                         if *word != 0 {
                             let slot = MISC_SLOTS + (w as u32) * 64 + lowest_bit(*word);
@@ -154,9 +202,17 @@ mod program {
         FW_SRC_V6_0,
         FW_DST_V4_0,
         FW_DST_V6_0,
+        FW_SRC_V4_EXACT_0,
+        FW_SRC_V6_EXACT_0,
+        FW_DST_V4_EXACT_0,
+        FW_DST_V6_EXACT_0,
         FW_PROTO_0,
-        FW_SPORT_0,
-        FW_DPORT_0,
+        FW_SPORT_TCP_0,
+        FW_SPORT_UDP_0,
+        FW_DPORT_TCP_0,
+        FW_DPORT_UDP_0,
+        FW_SPORT_CLASS_0,
+        FW_DPORT_CLASS_0,
         FW_MISC_0,
         FW_HEADER_0
     );
@@ -166,77 +222,91 @@ mod program {
         FW_SRC_V6_1,
         FW_DST_V4_1,
         FW_DST_V6_1,
+        FW_SRC_V4_EXACT_1,
+        FW_SRC_V6_EXACT_1,
+        FW_DST_V4_EXACT_1,
+        FW_DST_V6_EXACT_1,
         FW_PROTO_1,
-        FW_SPORT_1,
-        FW_DPORT_1,
+        FW_SPORT_TCP_1,
+        FW_SPORT_UDP_1,
+        FW_DPORT_TCP_1,
+        FW_DPORT_UDP_1,
+        FW_SPORT_CLASS_1,
+        FW_DPORT_CLASS_1,
         FW_MISC_1,
         FW_HEADER_1
     );
+
+    #[inline(always)]
+    fn exact_then_cidr<'a>(
+        has_exact: bool,
+        has_cidr: bool,
+        exact: impl FnOnce() -> Option<&'a FieldMatch>,
+        cidr: impl FnOnce() -> Option<&'a FieldMatch>,
+    ) -> Option<&'a FieldMatch> {
+        if has_exact && let Some(m) = exact() {
+            return Some(m);
+        }
+        if has_cidr { cidr() } else { None }
+    }
+
+    /// The class of a port-array entry; 0 (no port rule here) for entries written by another
+    /// install, and for packets without ports.
+    #[inline(always)]
+    fn port_class(entry: Option<&u64>, epoch: u32) -> u32 {
+        match entry {
+            Some(v) if (*v >> 32) as u32 == epoch => *v as u32,
+            _ => 0,
+        }
+    }
 
     #[inline(always)]
     fn min(a: u32, b: u32) -> u32 {
         if b < a { b } else { a }
     }
 
-    /// Folds one field's answer in. A field whose table (and miss entry) is missing matches
-    /// no rule, which is what an all-zero entry would say too.
+    /// Folds one field's answer in; the complex-rule masks only when there are complex rules.
+    /// A field whose table (and miss entry) is missing matches no rule, which is what an
+    /// all-zero entry would say too.
     #[inline(always)]
-    fn fold(best: &mut u32, bits: &mut [u64; RULE_WORDS], m: Option<&FieldMatch>) {
+    fn fold(complex: bool, best: &mut u32, bits: &mut [u64; RULE_WORDS], m: Option<&FieldMatch>) {
         match m {
             Some(m) => {
                 *best = min(*best, m.first_simple);
-                for w in 0..RULE_WORDS {
-                    bits[w] &= m.bits[w];
+                if complex {
+                    for w in 0..RULE_WORDS {
+                        bits[w] &= m.bits[w];
+                    }
                 }
             }
             None => *bits = [0; RULE_WORDS],
         }
     }
 
-    enum Verdict {
-        Pass,
-        Drop(DropReason),
-    }
-
     #[xdp]
     pub fn xdp_firewall(ctx: XdpContext) -> u32 {
         let start = ctx.data();
         let end = ctx.data_end();
-        let verdict = decide(start, end);
-        let len = (end - start) as u64;
-        if let Some(stats) = FW_STATS.get_ptr_mut(0) {
+        let outcome = decide(start, end);
+        if let Some(c) = FW_STATS.get_ptr_mut(outcome as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
-            let stats = unsafe { &mut *stats };
-            stats.processed_packets += 1;
-            stats.processed_bytes += len;
-            match verdict {
-                Verdict::Pass => {
-                    stats.passed_packets += 1;
-                    stats.passed_bytes += len;
-                }
-                Verdict::Drop(reason) => {
-                    stats.dropped_packets += 1;
-                    stats.dropped_bytes += len;
-                    let i = reason as usize;
-                    if i < stats.dropped_by_reason.len() {
-                        stats.dropped_by_reason[i] += 1;
-                    }
-                }
-            }
+            let c = unsafe { &mut *c };
+            c.packets += 1;
+            c.bytes += (end - start) as u64;
         }
-        match verdict {
-            Verdict::Pass => xdp_action::XDP_PASS,
-            Verdict::Drop(_) => xdp_action::XDP_DROP,
+        match outcome {
+            Outcome::Passed => xdp_action::XDP_PASS,
+            _ => xdp_action::XDP_DROP,
         }
     }
 
     #[inline(always)]
-    fn decide(start: usize, end: usize) -> Verdict {
+    fn decide(start: usize, end: usize) -> Outcome {
         let packet = match parse(start, end) {
             Ok(Some(p)) => p,
-            Ok(None) => return Verdict::Pass,
-            Err(Malformed::Truncated) => return Verdict::Drop(DropReason::Malformed),
-            Err(Malformed::TooManyHeaders) => return Verdict::Drop(DropReason::TooManyHeaders),
+            Ok(None) => return Outcome::Passed,
+            Err(Malformed::Truncated) => return Outcome::Malformed,
+            Err(Malformed::TooManyHeaders) => return Outcome::TooManyHeaders,
         };
         let generation = FW_CONFIG.get(0).map(|c| c.generation).unwrap_or(0);
         let (best, default_action) = if generation == 0 {
@@ -246,15 +316,15 @@ mod program {
         };
         if best == NO_RULE {
             return if default_action == action::DROP {
-                Verdict::Drop(DropReason::DefaultPolicy)
+                Outcome::DefaultPolicy
             } else {
-                Verdict::Pass
+                Outcome::Passed
             };
         }
         if best & 1 == 1 {
-            Verdict::Drop(DropReason::Rule)
+            Outcome::Rule
         } else {
-            Verdict::Pass
+            Outcome::Passed
         }
     }
 
