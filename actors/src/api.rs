@@ -120,6 +120,137 @@ pub enum Request {
     Stats,
     Health,
     Rules(RulesRequest),
+    Flows(FlowQuery),
+}
+
+/// Which flows to list; every filter given must match.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlowQuery {
+    pub source: Option<Cidr>,
+    pub dest: Option<Cidr>,
+    pub protocol: Option<Protocol>,
+    /// Either port.
+    pub port: Option<u16>,
+    pub source_port: Option<u16>,
+    pub dest_port: Option<u16>,
+    pub min_packets: Option<u64>,
+    pub verdict: Option<FlowVerdict>,
+    pub interface: Option<String>,
+    pub sort: FlowSort,
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowVerdict {
+    Forwarded,
+    Dropped,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowSort {
+    #[default]
+    Packets,
+    Bytes,
+    LastSeen,
+}
+
+/// One flow, as `flows --json` prints it (the first four names are the original design's).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub source: std::net::IpAddr,
+    pub destination: std::net::IpAddr,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub protocol: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// RFC 3339, UTC, with nanoseconds.
+    pub first_seen: String,
+    pub last_seen: String,
+    pub verdict: FlowVerdict,
+    pub interface: String,
+    pub direction: String,
+    /// TCP flags seen, e.g. `SYN|ACK`; empty for other protocols.
+    pub tcp_flags: String,
+    pub program_id: String,
+    /// Nanoseconds since boot of the last packet, for sorting in the daemon; not sent (the
+    /// same time is in `last_seen`).
+    #[serde(skip)]
+    pub last_seen_ns: u64,
+}
+
+/// The flow table of one loaded firewall.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FlowTable {
+    pub program_id: String,
+    pub capacity: u32,
+    pub entries: u64,
+    pub inserts: u64,
+    pub insert_failures: u64,
+    /// Flows the LRU pushed out to make room (inserts − entries).
+    pub evicted: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FlowList {
+    /// False when the daemon runs with `enable_flow_observability = false`.
+    pub enabled: bool,
+    pub flows: Vec<FlowRecord>,
+    pub tables: Vec<FlowTable>,
+}
+
+impl FlowQuery {
+    pub fn matches(&self, f: &FlowRecord) -> bool {
+        self.source.is_none_or(|c| c.contains(&f.source))
+            && self.dest.is_none_or(|c| c.contains(&f.destination))
+            && self
+                .protocol
+                .is_none_or(|p| p == Protocol::Any || p.to_string() == f.protocol)
+            && self
+                .port
+                .is_none_or(|p| p == f.source_port || p == f.destination_port)
+            && self.source_port.is_none_or(|p| p == f.source_port)
+            && self.dest_port.is_none_or(|p| p == f.destination_port)
+            && self.min_packets.is_none_or(|n| f.packets >= n)
+            && self.verdict.is_none_or(|v| v == f.verdict)
+            && self.interface.as_ref().is_none_or(|i| *i == f.interface)
+    }
+
+    /// Filters, sorts (largest or latest first) and truncates.
+    pub fn apply(&self, mut flows: Vec<FlowRecord>) -> Vec<FlowRecord> {
+        flows.retain(|f| self.matches(f));
+        match self.sort {
+            FlowSort::Packets => flows.sort_by_key(|f| std::cmp::Reverse(f.packets)),
+            FlowSort::Bytes => flows.sort_by_key(|f| std::cmp::Reverse(f.bytes)),
+            FlowSort::LastSeen => flows.sort_by_key(|f| std::cmp::Reverse(f.last_seen_ns)),
+        }
+        if let Some(n) = self.limit {
+            flows.truncate(n);
+        }
+        flows
+    }
+}
+
+/// `SYN|ACK` from the TCP flag byte.
+pub fn tcp_flag_names(flags: u32) -> String {
+    const NAMES: [(u32, &str); 8] = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// The firewall rule set of the daemon (applied to every loaded `xdp_firewall`). Rule numbers
@@ -191,6 +322,7 @@ pub enum Response {
     Health(Health),
     Rules(RuleSet),
     Explained(Explanation),
+    Flows(FlowList),
     Error(ApiError),
 }
 

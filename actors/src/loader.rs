@@ -11,8 +11,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::api::{
-    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, PacketCounters, PacketQuery,
-    ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet, RulesRequest,
+    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, FlowList, FlowQuery,
+    PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
+    RulesRequest,
 };
 use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
 use crate::{builtin, firewall, sys};
@@ -55,6 +56,11 @@ pub enum LoaderMsg {
         query: PacketQuery,
         reply: RpcReplyPort<Result<Explanation, ApiError>>,
     },
+    /// The flows of every built-in firewall, filtered and sorted.
+    Flows {
+        query: FlowQuery,
+        reply: RpcReplyPort<FlowList>,
+    },
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
 }
@@ -72,6 +78,10 @@ pub struct FirewallSettings {
     pub rules: Vec<FirewallRule>,
     pub default_policy: RuleAction,
     pub attach_mode: AttachMode,
+    /// Account flows and time packets (`enable_flow_observability`).
+    pub flows: bool,
+    /// Entries of the flow table (`flow_table_size`).
+    pub flow_table_size: u32,
 }
 
 impl Default for FirewallSettings {
@@ -80,6 +90,8 @@ impl Default for FirewallSettings {
             rules: Vec::new(),
             default_policy: RuleAction::Allow,
             attach_mode: AttachMode::Drv,
+            flows: true,
+            flow_table_size: ebpf_shared::FLOW_TABLE_DEFAULT_SIZE,
         }
     }
 }
@@ -222,6 +234,9 @@ impl Actor for LoaderActor {
             LoaderMsg::Explain { query, reply } => {
                 let _ = reply.send(state.explain(&query));
             }
+            LoaderMsg::Flows { query, reply } => {
+                let _ = reply.send(state.flows(&query));
+            }
             LoaderMsg::Crash => panic!("fault injected into LoaderActor"),
         }
         Ok(())
@@ -290,6 +305,25 @@ fn load_error(what: &str, e: ProgramError) -> ApiError {
 }
 
 impl LoaderState {
+    fn flows(&self, query: &FlowQuery) -> FlowList {
+        let mut flows = Vec::new();
+        let mut tables = Vec::new();
+        for (id, p) in self.programs.iter().filter(|(_, p)| p.enforces_rules) {
+            match firewall::read_flows(&p.ebpf, id) {
+                Ok((records, table)) => {
+                    flows.extend(records);
+                    tables.push(table);
+                }
+                Err(e) => warn!(program_id = %id, error = %e, "reading flows failed"),
+            }
+        }
+        FlowList {
+            enabled: self.firewall.flows,
+            flows: query.apply(flows),
+            tables,
+        }
+    }
+
     fn rule_set(&self) -> RuleSet {
         RuleSet {
             default_policy: self.firewall.default_policy,
@@ -596,7 +630,14 @@ impl LoaderState {
                     (bytes, None, path.display().to_string(), stem)
                 }
             };
-        let mut ebpf = EbpfLoader::new().load(&bytes).map_err(|e| {
+        let mut loader = EbpfLoader::new();
+        let flows_enabled = u8::from(self.firewall.flows);
+        if wanted_program == Some("xdp_firewall") {
+            loader
+                .override_global(ebpf_shared::globals::FLOWS_ENABLED, &flows_enabled, true)
+                .map_max_entries(ebpf_shared::maps::FW_FLOWS, self.firewall.flow_table_size);
+        }
+        let mut ebpf = loader.load(&bytes).map_err(|e| {
             ApiError::new(
                 ErrorKind::InvalidObject,
                 format!("{source} is not a loadable BPF object: {}", sys::chain(&e)),

@@ -106,7 +106,8 @@ fn v4_udp(src: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
 fn v4_tcp(src: [u8; 4], dport: u16) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MAC_B, MAC_A)
         .ipv4(src, DST_V4, 64)
-        .tcp(40000, dport, 1, 1024);
+        .tcp(40000, dport, 1, 1024)
+        .syn();
     let mut out = Vec::new();
     b.write(&mut out, &[]).unwrap();
     out
@@ -799,4 +800,101 @@ fn the_kernel_agrees_with_explain_on_random_rule_sets_and_packets() {
         }
     }
     assert!(checked > 2000, "only {checked} packets checked");
+}
+
+fn firewall_with_flows(rules: &[FirewallRule], table_size: u32) -> Ebpf {
+    require_root();
+    let enabled = 1u8;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(ebpf_shared::globals::FLOWS_ENABLED, &enabled, true)
+        .map_max_entries(ebpf_shared::maps::FW_FLOWS, table_size)
+        .load(XDP_FIREWALL)
+        .unwrap();
+    let program: &mut Xdp = ebpf
+        .program_mut("xdp_firewall")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program
+        .load()
+        .expect("the verifier accepts xdp_firewall with flows on");
+    apply_rules(&mut ebpf, rules, RuleAction::Allow).unwrap();
+    ebpf
+}
+
+#[test]
+fn flows_are_counted_exactly_per_five_tuple() {
+    let fw = firewall_with_flows(
+        &[rule(RuleAction::Drop, Some("10.0.0.66"), None, None)],
+        1024,
+    );
+    let a = v4_udp(ALLOWED_V4, 5000, 100);
+    let b = v4_udp(ALLOWED_V4, 5001, 10);
+    let d = v4_udp(DENIED_V4, 5000, 10);
+    let syn = v4_tcp(ALLOWED_V4, 443);
+    for _ in 0..7 {
+        verdict(&fw, &a);
+    }
+    for _ in 0..3 {
+        verdict(&fw, &b);
+    }
+    for _ in 0..5 {
+        verdict(&fw, &d);
+    }
+    verdict(&fw, &syn);
+    verdict(&fw, &arp()); // not IP: no flow
+    let (flows, table) = actors::firewall::read_flows(&fw, "fw-1").unwrap();
+    let find = |src: &str, dport: u16| {
+        flows
+            .iter()
+            .find(|f| f.source.to_string() == src && f.destination_port == dport)
+            .unwrap_or_else(|| panic!("no flow {src} -> {dport} in {flows:#?}"))
+    };
+    let fa = find("10.0.0.2", 5000);
+    assert_eq!((fa.packets, fa.bytes), (7, 7 * a.len() as u64));
+    assert_eq!(fa.protocol, "udp");
+    assert_eq!(fa.source_port, 40000);
+    assert_eq!(fa.verdict, actors::api::FlowVerdict::Forwarded);
+    assert!(fa.first_seen <= fa.last_seen, "{fa:?}");
+    assert_eq!(find("10.0.0.2", 5001).packets, 3);
+    let fd = find("10.0.0.66", 5000);
+    assert_eq!(
+        (fd.packets, fd.verdict),
+        (5, actors::api::FlowVerdict::Dropped)
+    );
+    let ft = find("10.0.0.2", 443);
+    assert_eq!(
+        (ft.protocol.as_str(), ft.tcp_flags.as_str()),
+        ("tcp", "SYN")
+    );
+    assert_eq!(flows.len(), 4);
+    assert_eq!(
+        (table.inserts, table.entries, table.evicted, table.capacity),
+        (4, 4, 0, 1024)
+    );
+
+    // Every packet timed, IP or not.
+    let latency: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(fw.map(ebpf_shared::maps::FW_LATENCY).unwrap()).unwrap();
+    let timed: u64 = (0..ebpf_shared::LATENCY_BUCKETS)
+        .map(|b| latency.get(&b, 0).unwrap().iter().sum::<u64>())
+        .sum();
+    assert_eq!(timed, 17);
+}
+
+#[test]
+fn flows_lost_to_table_pressure_are_counted() {
+    let fw = firewall_with_flows(&[], 64);
+    for port in 1..=300u16 {
+        verdict(&fw, &v4_udp(ALLOWED_V4, port, 4));
+    }
+    let (flows, table) = actors::firewall::read_flows(&fw, "fw-1").unwrap();
+    assert_eq!(table.inserts, 300);
+    assert!(
+        flows.len() <= 64 + 16,
+        "the LRU keeps about its capacity: {}",
+        flows.len()
+    );
+    assert_eq!(table.evicted, 300 - flows.len() as u64);
+    assert!(table.evicted >= 200);
 }

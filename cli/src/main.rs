@@ -5,6 +5,7 @@
 //! reached), 2 usage error.
 
 mod client;
+mod flows;
 mod render;
 mod rules;
 
@@ -85,6 +86,8 @@ enum Command {
     Stats,
     /// Health of programs, attachments and the supervision tree.
     Health,
+    /// Flows seen by the firewall, with filters (like `hubble observe`).
+    Flows(flows::FlowArgs),
     /// The firewall rules: list, add, del, apply FILE, explain.
     Rules {
         #[command(subcommand)]
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Programs { .. } => Request::Programs,
         Command::Stats => Request::Stats,
         Command::Health => Request::Health,
+        Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Rules { ref command } => match rules::request(command) {
             Ok(r) => Request::Rules(r),
             Err(message) => {
@@ -222,6 +226,8 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
         Response::Rules(r) => rules::render_rule_set(r),
         Response::Explained(e) if as_json => json(e),
         Response::Explained(e) => rules::render_explanation(e),
+        Response::Flows(f) if as_json => json(&f.flows),
+        Response::Flows(f) => flows::render(f),
     };
     print!("{out}");
     Ok(())

@@ -60,6 +60,8 @@ pub struct Packet {
     pub has_ports: bool,
     pub source_port: u16,
     pub dest_port: u16,
+    /// The TCP flag byte; 0 for other protocols.
+    pub tcp_flags: u8,
     pub src: [u32; 4],
     pub dst: [u32; 4],
 }
@@ -109,6 +111,7 @@ fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
         has_ports: false,
         source_port: 0,
         dest_port: 0,
+        tcp_flags: 0,
         src: [at(h + 12), 0, 0, 0],
         dst: [at(h + 16), 0, 0, 0],
     };
@@ -138,6 +141,7 @@ fn ipv6(h: usize, end: usize) -> Result<Packet, Malformed> {
         has_ports: false,
         source_port: 0,
         dest_port: 0,
+        tcp_flags: 0,
         src: [at(h + 8), at(h + 12), at(h + 16), at(h + 20)],
         dst: [at(h + 24), at(h + 28), at(h + 32), at(h + 36)],
     };
@@ -203,7 +207,40 @@ fn transport(t: usize, end: usize, p: &mut Packet) -> Result<(), Malformed> {
         p.dest_port = u16::from_be(at(t + 2));
         p.has_ports = true;
     }
+    if header == 20 {
+        p.tcp_flags = at(t + 13);
+    }
     Ok(())
+}
+
+/// Index of the highest set bit (floor of log2); 0 for 0.
+#[inline(always)]
+pub fn highest_bit(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x >> 32 != 0 {
+        n += 32;
+        x >>= 32;
+    }
+    if x >> 16 != 0 {
+        n += 16;
+        x >>= 16;
+    }
+    if x >> 8 != 0 {
+        n += 8;
+        x >>= 8;
+    }
+    if x >> 4 != 0 {
+        n += 4;
+        x >>= 4;
+    }
+    if x >> 2 != 0 {
+        n += 2;
+        x >>= 2;
+    }
+    if x >> 1 != 0 {
+        n += 1;
+    }
+    n
 }
 
 /// Index of the lowest set bit of a non-zero word, by halving (BPF has no count-trailing-zeros

@@ -12,6 +12,12 @@
 pub mod maps {
     pub const FW_CONFIG: &str = "FW_CONFIG";
     pub const FW_STATS: &str = "FW_STATS";
+    /// `LruPerCpuHashMap<FlowKey, FlowValue>`: per-flow accounting (when flows are on).
+    pub const FW_FLOWS: &str = "FW_FLOWS";
+    /// `PerCpuArray<FlowTableStats>`, one entry.
+    pub const FW_FLOW_STATS: &str = "FW_FLOW_STATS";
+    /// `PerCpuArray<u64>`, `LATENCY_BUCKETS` entries: packets by log2 of processing ns.
+    pub const FW_LATENCY: &str = "FW_LATENCY";
 
     /// The rule maps of each generation; index with the constants below.
     pub const RULE_MAPS: [[&str; RULE_MAP_COUNT]; 2] = [
@@ -80,6 +86,61 @@ pub mod maps {
     pub const MISC: usize = 15;
     /// `Array<RuleSetHeader>`, one entry: the generation's settings.
     pub const HEADER: usize = 16;
+}
+
+/// Load-time constants of `xdp_firewall` (globals in `.rodata`, set with aya's
+/// `override_global`); the verifier drops the code they switch off.
+pub mod globals {
+    /// Non-zero: account flows and time packets.
+    pub const FLOWS_ENABLED: &str = "FLOWS_ENABLED";
+}
+
+/// Default size of the flow table (`flow_table_size` in the config).
+pub const FLOW_TABLE_DEFAULT_SIZE: u32 = 65_536;
+/// Buckets of the processing-time histogram: bucket `i` counts packets that took
+/// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns).
+pub const LATENCY_BUCKETS: u32 = 32;
+
+/// A flow: the 5-tuple seen on an interface in a direction. Addresses as in the packet
+/// (network-order words, IPv4 in word 0), ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub source_port: u16,
+    pub dest_port: u16,
+    pub ifindex: u32,
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+/// One CPU's share of a flow; user space sums packets and bytes, takes the earliest
+/// `first_seen_ns` and the latest `last_seen_ns` (CLOCK_MONOTONIC), ORs the flags.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// TCP flags seen (the header's flag byte, ORed).
+    pub tcp_flags: u32,
+    /// `Outcome` of the latest packet.
+    pub outcome: u32,
+}
+
+/// Flow-table bookkeeping per CPU: entries evicted by the LRU are `inserts` minus the
+/// entries present (minus those user space removed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTableStats {
+    pub inserts: u64,
+    pub insert_failures: u64,
 }
 
 /// Bits of `RuleSetHeader::address_tables`: which address tables have entries, so that empty
@@ -269,4 +330,7 @@ mod pod {
     unsafe impl aya::Pod for super::FieldMatch {}
     unsafe impl aya::Pod for super::RuleSetHeader {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowTableStats {}
 }

@@ -39,6 +39,8 @@ pub struct Config {
     /// Where user-supplied `.o` objects are looked up.
     pub programs_dir: PathBuf,
     pub enable_flow_observability: bool,
+    /// Flows the kernel table holds before the least recently seen are pushed out.
+    pub flow_table_size: u32,
     pub enable_metrics_export: bool,
     pub enable_dynamic_fallback: bool,
     pub enable_mapek_integration: bool,
@@ -62,6 +64,7 @@ impl Default for Config {
             interface: "eth0".into(),
             programs_dir: "/opt/x0tta6bl4/ebpf".into(),
             enable_flow_observability: true,
+            flow_table_size: ebpf_shared_flow_table_default(),
             enable_metrics_export: true,
             enable_dynamic_fallback: true,
             enable_mapek_integration: true,
@@ -145,6 +148,13 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if !(1_024..=16_777_216).contains(&self.flow_table_size) {
+            return Err(invalid(
+                path,
+                "flow_table_size",
+                format!("{} is outside 1024..=16777216 flows", self.flow_table_size),
+            ));
+        }
         if self.prometheus_port == 0 {
             return Err(invalid(
                 path,
@@ -229,16 +239,25 @@ impl Config {
 
     /// The built-in firewall's settings.
     pub fn firewall(&self) -> FirewallSettings {
-        let defaults = FirewallSettings::default();
+        let defaults = FirewallSettings {
+            flows: self.enable_flow_observability,
+            flow_table_size: self.flow_table_size,
+            ..FirewallSettings::default()
+        };
         match self.programs.get("xdp_firewall") {
             Some(p) => FirewallSettings {
                 rules: p.rules.clone(),
                 default_policy: p.default_policy.unwrap_or(defaults.default_policy),
                 attach_mode: p.attach_mode.unwrap_or(defaults.attach_mode),
+                ..defaults
             },
             None => defaults,
         }
     }
+}
+
+fn ebpf_shared_flow_table_default() -> u32 {
+    actors::loader::FirewallSettings::default().flow_table_size
 }
 
 fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -183,6 +183,13 @@ impl Control {
                 })
                 .await??,
             ),
+            Request::Flows(query) => Response::Flows(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Flows {
+                    query,
+                    reply,
+                })
+                .await?,
+            ),
             Request::Rules(change) => Response::Rules(
                 ask(&loader, "LoaderActor", |reply| LoaderMsg::ChangeRules {
                     change,

@@ -16,15 +16,17 @@
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::{BPF_F_NO_PREALLOC, xdp_action},
+        bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
+        helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+        maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
         programs::XdpContext,
     };
-    use ebpf_kern::{Malformed, Packet, lowest_bit, parse};
+    use ebpf_kern::{Malformed, Packet, highest_bit, lowest_bit, parse};
     use ebpf_shared::{
-        Counter, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES, FW_PORT_CLASSES, FieldMatch,
-        FirewallConfig, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
+        Counter, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES,
+        FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
+        LATENCY_BUCKETS, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
         RULE_WORDS, RuleSetHeader, action, field, proto, tables,
     };
 
@@ -32,6 +34,26 @@ mod program {
     static FW_CONFIG: Array<FirewallConfig> = Array::with_max_entries(1, 0);
     #[map]
     static FW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(OUTCOMES, 0);
+    /// Sized at load (`flow_table_size`); per CPU, so updates need no atomics.
+    #[map]
+    static FW_FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
+        LruPerCpuHashMap::with_max_entries(FLOW_TABLE_DEFAULT_SIZE, 0);
+    #[map]
+    static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::with_max_entries(1, 0);
+    #[map]
+    static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
+
+    /// Set at load when flows are on (`enable_flow_observability`); a constant to the
+    /// verifier, which drops the flow code when it is 0.
+    #[unsafe(no_mangle)]
+    static FLOWS_ENABLED: u8 = 0;
+
+    #[inline(always)]
+    fn flows_enabled() -> bool {
+        // SAFETY: a plain read of a constant; volatile so the compiler keeps the read
+        // that aya patches at load time instead of folding in the 0 above.
+        unsafe { core::ptr::read_volatile(&FLOWS_ENABLED) != 0 }
+    }
 
     /// The rule tables of one generation and the function that matches a packet against them.
     /// A macro rather than a function over map references: the verifier needs every map a
@@ -287,12 +309,31 @@ mod program {
     pub fn xdp_firewall(ctx: XdpContext) -> u32 {
         let start = ctx.data();
         let end = ctx.data_end();
-        let outcome = decide(start, end);
+        let len = (end - start) as u64;
+        let flows = flows_enabled();
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let started = if flows {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        };
+        let (outcome, packet) = decide(start, end);
         if let Some(c) = FW_STATS.get_ptr_mut(outcome as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
             let c = unsafe { &mut *c };
             c.packets += 1;
-            c.bytes += (end - start) as u64;
+            c.bytes += len;
+        }
+        if flows {
+            // SAFETY: as above.
+            let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+            if let Some(b) = FW_LATENCY.get_ptr_mut(highest_bit(elapsed)) {
+                // SAFETY: a per-CPU slot.
+                unsafe { *b += 1 };
+            }
+            if let Some(p) = packet {
+                account(&p, ctx.ingress_ifindex() as u32, len, outcome, started);
+            }
         }
         match outcome {
             Outcome::Passed => xdp_action::XDP_PASS,
@@ -300,13 +341,62 @@ mod program {
         }
     }
 
+    /// Adds the packet to its flow: update this CPU's slot in place when the flow is known,
+    /// insert only when it is not (an LRU update costs about ten lookups).
     #[inline(always)]
-    fn decide(start: usize, end: usize) -> Outcome {
+    fn account(p: &Packet, ifindex: u32, len: u64, outcome: Outcome, now: u64) {
+        let key = FlowKey {
+            src: p.src,
+            dst: p.dst,
+            source_port: p.source_port,
+            dest_port: p.dest_port,
+            ifindex,
+            protocol: p.protocol,
+            family: if p.v6 { 6 } else { 4 },
+            direction: 0,
+            _pad: 0,
+        };
+        if let Some(v) = FW_FLOWS.get_ptr_mut(&key) {
+            // SAFETY: this CPU's slot of the flow; only this CPU writes it.
+            let v = unsafe { &mut *v };
+            if v.packets == 0 {
+                // Another CPU created the flow; this is our first packet of it.
+                v.first_seen_ns = now;
+            }
+            v.packets += 1;
+            v.bytes += len;
+            v.last_seen_ns = now;
+            v.tcp_flags |= p.tcp_flags as u32;
+            v.outcome = outcome as u32;
+            return;
+        }
+        let value = FlowValue {
+            packets: 1,
+            bytes: len,
+            first_seen_ns: now,
+            last_seen_ns: now,
+            tcp_flags: p.tcp_flags as u32,
+            outcome: outcome as u32,
+        };
+        let inserted = FW_FLOWS.insert(&key, &value, BPF_NOEXIST as u64).is_ok();
+        if let Some(s) = FW_FLOW_STATS.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot.
+            let s = unsafe { &mut *s };
+            if inserted {
+                s.inserts += 1;
+            } else {
+                s.insert_failures += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn decide(start: usize, end: usize) -> (Outcome, Option<Packet>) {
         let packet = match parse(start, end) {
             Ok(Some(p)) => p,
-            Ok(None) => return Outcome::Passed,
-            Err(Malformed::Truncated) => return Outcome::Malformed,
-            Err(Malformed::TooManyHeaders) => return Outcome::TooManyHeaders,
+            Ok(None) => return (Outcome::Passed, None),
+            Err(Malformed::Truncated) => return (Outcome::Malformed, None),
+            Err(Malformed::TooManyHeaders) => return (Outcome::TooManyHeaders, None),
         };
         let generation = FW_CONFIG.get(0).map(|c| c.generation).unwrap_or(0);
         let (best, default_action) = if generation == 0 {
@@ -314,18 +404,18 @@ mod program {
         } else {
             decide_1(&packet)
         };
-        if best == NO_RULE {
-            return if default_action == action::DROP {
+        let outcome = if best == NO_RULE {
+            if default_action == action::DROP {
                 Outcome::DefaultPolicy
             } else {
                 Outcome::Passed
-            };
-        }
-        if best & 1 == 1 {
+            }
+        } else if best & 1 == 1 {
             Outcome::Rule
         } else {
             Outcome::Passed
-        }
+        };
+        (outcome, Some(packet))
     }
 
     #[panic_handler]

@@ -1,0 +1,149 @@
+//! `x0tta6bl4-ebpf flows` through the real daemon: for traffic whose packets are known, every
+//! flow's packets and bytes equal the truth.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::{Daemon, TwoHosts};
+use serde_json::Value;
+
+#[test]
+fn flows_count_exactly_what_was_sent_and_filter_like_hubble() {
+    let hosts = TwoHosts::new();
+    let [allowed, denied] = hosts.ips_b;
+    let config = format!(
+        "interface = \"{}\"\nauto_load_programs = true\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.cli_json(&["status"])["attachments"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not attached:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hosts.send_udp(allowed, 5000, 40, 100);
+    hosts.send_udp(allowed, 5001, 25, 300);
+    hosts.send_udp(denied, 5000, 15, 50);
+    assert_eq!(hosts.ping(allowed, 3), 3);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let flows = loop {
+        let f = daemon.cli_json(&["flows"]);
+        let total: u64 = f
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["packets"].as_u64().unwrap())
+            .sum();
+        if total >= 83 || Instant::now() > deadline {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let flows = flows.as_array().unwrap();
+    assert_eq!(flows.len(), 4, "{flows:#?}");
+    let find = |src: std::net::Ipv4Addr, protocol: &str, dport: u64| -> &Value {
+        flows
+            .iter()
+            .find(|f| {
+                f["source"] == src.to_string()
+                    && f["protocol"] == protocol
+                    && f["destination_port"] == dport
+            })
+            .unwrap_or_else(|| panic!("no {protocol} flow from {src} to port {dport}: {flows:#?}"))
+    };
+    // UDP frames: 14 + 20 + 8 + payload bytes; echo requests: 14 + 20 + 8 + 56.
+    let a = find(allowed, "udp", 5000);
+    assert_eq!(
+        (a["packets"].as_u64(), a["bytes"].as_u64()),
+        (Some(40), Some(40 * 142))
+    );
+    assert_eq!(a["verdict"], "forwarded");
+    assert_eq!(a["destination"], hosts.ip_a.to_string());
+    assert_eq!(a["interface"], hosts.if_a.as_str());
+    assert_eq!(a["direction"], "ingress");
+    for key in [
+        "source_port",
+        "first_seen",
+        "last_seen",
+        "tcp_flags",
+        "program_id",
+    ] {
+        assert!(a.get(key).is_some(), "field {key} in {a}");
+    }
+    let b = find(allowed, "udp", 5001);
+    assert_eq!(
+        (b["packets"].as_u64(), b["bytes"].as_u64()),
+        (Some(25), Some(25 * 342))
+    );
+    let d = find(denied, "udp", 5000);
+    assert_eq!(
+        (d["packets"].as_u64(), d["bytes"].as_u64()),
+        (Some(15), Some(15 * 92))
+    );
+    assert_eq!(d["verdict"], "dropped");
+    let icmp = find(allowed, "icmp", 0);
+    assert_eq!(
+        (icmp["packets"].as_u64(), icmp["bytes"].as_u64()),
+        (Some(3), Some(3 * 98))
+    );
+
+    // Filters.
+    let only = |args: &[&str]| daemon.cli_json(&[&["flows"], args].concat());
+    assert_eq!(only(&["--verdict", "dropped"]).as_array().unwrap().len(), 1);
+    let by_port = only(&["--source", &allowed.to_string(), "--dport", "5001"]);
+    assert_eq!(by_port.as_array().unwrap().len(), 1);
+    assert_eq!(only(&["--min-packets", "30"]).as_array().unwrap().len(), 1);
+    assert_eq!(only(&["--protocol", "icmp"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        only(&["--source", "10.77.0.0/24", "--port", "5000"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let top = only(&["--sort", "bytes", "--limit", "1"]);
+    assert_eq!(top[0]["destination_port"], 5001);
+    let human = String::from_utf8(daemon.cli(&["flows", "--verdict", "dropped"]).stdout).unwrap();
+    assert!(
+        human.contains("dropped") && human.contains(&denied.to_string()),
+        "{human}"
+    );
+}
+
+#[test]
+fn flows_can_be_turned_off() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(
+        &hosts.a,
+        &format!(
+            "interface = \"{}\"\nenable_flow_observability = false\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
+            hosts.if_a
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.cli_json(&["status"])["attachments"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not attached:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hosts.send_udp(hosts.ips_b[0], 7, 5, 10);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(daemon.cli_json(&["flows"]), Value::Array(vec![]));
+    let human = String::from_utf8(daemon.cli(&["flows"]).stdout).unwrap();
+    assert!(human.contains("flow accounting is off"), "{human}");
+}
