@@ -397,6 +397,8 @@ struct MonotonicToWall {
 
 impl MonotonicToWall {
     fn now() -> Self {
+        // The kernel stamps flows with the coarse monotonic clock; the precise one can run
+        // ahead of it by one tick, which only ever makes a flow look a tick older.
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0);

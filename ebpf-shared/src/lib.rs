@@ -100,6 +100,9 @@ pub const FLOW_TABLE_DEFAULT_SIZE: u32 = 65_536;
 /// Buckets of the processing-time histogram: bucket `i` counts packets that took
 /// `[2^i, 2^(i+1))` ns (bucket 0 also takes 0 ns).
 pub const LATENCY_BUCKETS: u32 = 32;
+/// One packet in this many is timed for the histogram: a precise clock read costs more than
+/// the firewall's whole verdict here, so the histogram is a sample (a power of two).
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
 
 /// A flow: the 5-tuple seen on an interface in a direction. Addresses as in the packet
 /// (network-order words, IPv4 in word 0), ports in host order.
@@ -120,7 +123,9 @@ pub struct FlowKey {
 }
 
 /// One CPU's share of a flow; user space sums packets and bytes, takes the earliest
-/// `first_seen_ns` and the latest `last_seen_ns` (CLOCK_MONOTONIC), ORs the flags.
+/// `first_seen_ns` and the latest `last_seen_ns`, ORs the flags. Times are CLOCK_MONOTONIC
+/// read with the coarse clock (one tick, at most 4 ms, of resolution): a flow table needs to
+/// know "when, roughly", and the precise clock costs more than the rest of the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -141,6 +146,8 @@ pub struct FlowValue {
 pub struct FlowTableStats {
     pub inserts: u64,
     pub insert_failures: u64,
+    /// Packets seen with flows on; every `LATENCY_SAMPLE_EVERY`-th is timed.
+    pub packets: u64,
 }
 
 /// Bits of `RuleSetHeader::address_tables`: which address tables have entries, so that empty

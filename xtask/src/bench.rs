@@ -279,7 +279,12 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the benchmark loads BPF programs: run `sudo -E cargo xtask bench`");
     }
     let hosts = TwoHosts::new();
-    let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    // The verdict path alone: flow accounting off. A second daemon keeps it on.
+    let daemon = Daemon::start(
+        &hosts.a,
+        "auto_load_programs = false\nenable_flow_observability = false\n",
+    );
+    let with_flows = Daemon::start(&hosts.b, "auto_load_programs = false\n");
     let dir = tempfile_dir()?;
     let load = |name: &str| -> anyhow::Result<u64> {
         let v = daemon.cli_json(&["load", name]);
@@ -361,6 +366,32 @@ pub fn run() -> anyhow::Result<()> {
         let p = s.pop();
         rows.push(Row {
             scenario: "pass by port rule (default deny)".into(),
+            ours: s.pop().unwrap(),
+            peer: p,
+            note: String::new(),
+        });
+    }
+
+    // Flow accounting on, the packet's flow already in the table (every run after the first
+    // packet updates it in place).
+    apply_rules(&with_flows, &dir, &source_rules(1), "allow")?;
+    let ours_flows = with_flows.cli_json(&["load", "xdp_firewall"])["kernel_id"]
+        .as_u64()
+        .context("kernel_id")?;
+    {
+        let peer = XdpFilter::load(&hosts.b, &hosts.if_b, "allow", "ipv4")?;
+        peer.run(&["ip", &DENIED.to_string(), "-m", "src"])?;
+        let mut s = measure(
+            &[
+                ("xdp_firewall", ours_flows),
+                ("xdp-filter", peer.program_id()?),
+            ],
+            &drop_packet,
+            XDP_DROP,
+        )?;
+        let p = s.pop();
+        rows.push(Row {
+            scenario: "drop by source, 1 rule, flow accounting on (existing flow)".into(),
             ours: s.pop().unwrap(),
             peer: p,
             note: String::new(),

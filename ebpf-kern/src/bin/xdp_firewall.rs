@@ -17,7 +17,7 @@
 mod program {
     use aya_ebpf::{
         bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
-        helpers::bpf_ktime_get_ns,
+        helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
         macros::{map, xdp},
         maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
         programs::XdpContext,
@@ -26,7 +26,7 @@ mod program {
     use ebpf_shared::{
         Counter, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES,
         FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
-        LATENCY_BUCKETS, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
+        LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
         RULE_WORDS, RuleSetHeader, action, field, proto, tables,
     };
 
@@ -311,12 +311,15 @@ mod program {
         let end = ctx.data_end();
         let len = (end - start) as u64;
         let flows = flows_enabled();
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let started = if flows {
-            unsafe { bpf_ktime_get_ns() }
-        } else {
-            0
-        };
+        let mut timed = false;
+        if flows && let Some(s) = FW_FLOW_STATS.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
+            let s = unsafe { &mut *s };
+            s.packets += 1;
+            timed = s.packets & (LATENCY_SAMPLE_EVERY - 1) == 0;
+        }
+        // SAFETY: the clock helpers have no preconditions.
+        let started = if timed { unsafe { bpf_ktime_get_ns() } } else { 0 };
         let (outcome, packet) = decide(start, end);
         if let Some(c) = FW_STATS.get_ptr_mut(outcome as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
@@ -324,16 +327,18 @@ mod program {
             c.packets += 1;
             c.bytes += len;
         }
-        if flows {
+        if timed {
             // SAFETY: as above.
             let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
             if let Some(b) = FW_LATENCY.get_ptr_mut(highest_bit(elapsed)) {
                 // SAFETY: a per-CPU slot.
                 unsafe { *b += 1 };
             }
-            if let Some(p) = packet {
-                account(&p, ctx.ingress_ifindex() as u32, len, outcome, started);
-            }
+        }
+        if flows && let Some(p) = packet {
+            // SAFETY: as above.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            account(&p, ctx.ingress_ifindex() as u32, len, outcome, now);
         }
         match outcome {
             Outcome::Passed => xdp_action::XDP_PASS,
