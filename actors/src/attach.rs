@@ -1,18 +1,37 @@
-//! AttachActor: one per interface. Owns that interface's links (dropping a link detaches the
-//! program) and checks that what it holds is still there.
+//! AttachActor: one per interface. Owns that interface's links (pinned, so that they outlive
+//! the actor and the daemon; releasing one detaches the program) and checks that what it
+//! holds is still there.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use aya::programs::xdp::XdpLink;
+use aya::programs::links::FdLink;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info;
 
 use crate::sys;
 
+/// An attachment the daemon holds: a bpf_link pinned in bpffs. Dropping the handle (a crash,
+/// a restart) leaves the program attached, because the pin holds the link; `release`
+/// removes the pin and drops the handle, which detaches.
+pub struct HeldLink {
+    pub fd: FdLink,
+    pub pin: PathBuf,
+}
+
+impl HeldLink {
+    pub fn release(self) {
+        if let Err(e) = std::fs::remove_file(&self.pin) {
+            tracing::warn!(pin = %self.pin.display(), error = %e, "removing a link pin");
+        }
+        drop(self.fd);
+    }
+}
+
 pub enum AttachMsg {
     Adopt {
         program_id: String,
-        link: XdpLink,
+        link: HeldLink,
         reply: RpcReplyPort<()>,
     },
     /// Drops the program's link; replies whether there was one.
@@ -30,7 +49,7 @@ pub enum AttachMsg {
 
 pub struct AttachState {
     interface: String,
-    links: BTreeMap<String, XdpLink>,
+    links: BTreeMap<String, HeldLink>,
 }
 
 pub struct AttachActor;
@@ -68,8 +87,10 @@ impl Actor for AttachActor {
                 let _ = reply.send(());
             }
             AttachMsg::Release { program_id, reply } => {
-                let had = state.links.remove(&program_id).is_some();
-                if had {
+                let held = state.links.remove(&program_id);
+                let had = held.is_some();
+                if let Some(link) = held {
+                    link.release();
                     info!(interface = %state.interface, program_id = %program_id, "detached");
                 }
                 let _ = reply.send(had);

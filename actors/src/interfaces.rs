@@ -70,6 +70,7 @@ pub struct InterfacesState {
     given_up: BTreeMap<String, String>,
     restarts: u64,
     make_intensity: fn() -> RestartIntensity,
+    state_dir: std::path::PathBuf,
 }
 
 pub struct InterfaceSupervisor;
@@ -77,7 +78,12 @@ pub struct InterfaceSupervisor;
 pub struct InterfacesArgs {
     pub loader: ActorRef<LoaderMsg>,
     pub intensity: fn() -> RestartIntensity,
+    /// Where the attachments are saved (and restored from at start).
+    pub state_dir: std::path::PathBuf,
 }
+
+/// The attachments as saved in the state dir.
+const ATTACHMENTS_FILE: &str = "attachments.json";
 
 impl Actor for InterfaceSupervisor {
     type Msg = InterfacesMsg;
@@ -97,7 +103,47 @@ impl Actor for InterfaceSupervisor {
             given_up: BTreeMap::new(),
             restarts: 0,
             make_intensity: args.intensity,
+            state_dir: args.state_dir,
         })
+    }
+
+    /// Attaches again what a previous daemon (or a crashed supervisor) had attached; the
+    /// loader adopts the pinned links, so the programs never left the interfaces.
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut InterfacesState,
+    ) -> Result<(), ActorProcessingErr> {
+        let path = state.state_dir.join(ATTACHMENTS_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let saved: Vec<Attachment> = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "saved attachments unreadable; starting with none");
+                return Ok(());
+            }
+        };
+        for a in saved {
+            match state
+                .attach(&myself, &a.program_id, &a.interface, Some(a.mode))
+                .await
+            {
+                Ok(_) => {
+                    info!(program_id = %a.program_id, interface = %a.interface, "attachment restored")
+                }
+                Err(e) => {
+                    warn!(program_id = %a.program_id, interface = %a.interface, error = %e, "cannot restore the attachment");
+                    state.given_up.insert(
+                        a.interface.clone(),
+                        format!("restoring {} after a restart failed: {e}", a.program_id),
+                    );
+                }
+            }
+        }
+        state.save();
+        Ok(())
     }
 
     async fn handle(
@@ -233,15 +279,24 @@ impl Actor for InterfaceSupervisor {
                 "AttachActor[{interface}] died more than {limit}; gave up, its programs are detached (last: {why})"
             );
             error!(%interface, "{reason}");
+            // The links are pinned: without their pins nothing holds them, so they detach.
+            for program_id in wanted.keys() {
+                let _ = state.loader.cast(LoaderMsg::ForgetLink {
+                    program_id: program_id.clone(),
+                    interface: interface.clone(),
+                });
+            }
             state.attachments.remove(&interface);
             state.given_up.insert(interface, reason);
+            state.save();
             return Ok(());
         }
         state.restarts += 1;
         for (program_id, attachment) in wanted {
-            // The failed actor took the links with it; attach again from the loader. Its
-            // state (and so its links) may be dropped a moment after this event arrives, so
-            // an interface that still looks busy is retried with exponential backoff.
+            // The links are pinned, so the programs stayed attached while the actor died; the
+            // loader adopts the pins for the new actor. Should a pin be gone, the attach is
+            // new, and the dead actor's handles may still be closing, so an interface that
+            // looks busy is retried with exponential backoff.
             if let Some(m) = state.attachments.get_mut(&interface) {
                 m.remove(&program_id);
             }
@@ -275,6 +330,15 @@ impl Actor for InterfaceSupervisor {
 }
 
 impl InterfacesState {
+    fn save(&self) {
+        let json =
+            serde_json::to_vec_pretty(&self.all_attachments()).expect("attachments serialize");
+        if let Err(e) = crate::sys::write_atomically(&self.state_dir.join(ATTACHMENTS_FILE), &json)
+        {
+            warn!(state_dir = %self.state_dir.display(), error = %e, "saving the attachments failed; a restart will not restore them");
+        }
+    }
+
     fn all_attachments(&self) -> Vec<Attachment> {
         self.attachments
             .values()
@@ -382,6 +446,7 @@ impl InterfacesState {
             .entry(interface.to_string())
             .or_default()
             .insert(program_id.to_string(), attachment.clone());
+        self.save();
         Ok(attachment)
     }
 
@@ -417,6 +482,7 @@ impl InterfacesState {
                 warn!(%interface, %program_id, error = %e, "release failed");
             }
         }
+        self.save();
         Ok(attachment)
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Program, ProgramError, Xdp, XdpMode, xdp::XdpLink};
 use aya::{Ebpf, EbpfLoader};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -15,6 +16,7 @@ use crate::api::{
     PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
     RulesRequest,
 };
+use crate::attach::HeldLink;
 use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
 use crate::{builtin, firewall, sys};
 
@@ -61,13 +63,21 @@ pub enum LoaderMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
+    /// Removes the pin of a link whose holder is gone, which detaches it.
+    ForgetLink {
+        program_id: String,
+        interface: String,
+    },
+    /// At daemon shutdown: unless `keep`, unload everything and remove every pin and the
+    /// saved program list, so that nothing of ours stays in the kernel.
+    Shutdown { keep: bool, reply: RpcReplyPort<()> },
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
 }
 
-/// A live XDP attachment, owned by whoever holds `link` (dropping it detaches).
+/// A live XDP attachment: new, or adopted from a pin a previous daemon (or actor) left.
 pub struct NewLink {
-    pub link: XdpLink,
+    pub link: HeldLink,
     pub mode: AttachMode,
     pub program_type: ProgramType,
 }
@@ -99,12 +109,31 @@ impl Default for FirewallSettings {
 pub struct LoaderArgs {
     pub programs_dir: PathBuf,
     pub firewall: FirewallSettings,
-    /// Where the rule set is saved; a saved rule set wins over the config's at start.
+    /// Where the rule set and the program list are saved; saved ones win over the config's
+    /// at start.
     pub state_dir: PathBuf,
+    /// bpffs directory: `<pin_root>/<program id>/` holds a program's maps and its links.
+    pub pin_root: PathBuf,
 }
 
 /// The rule set as saved in the state dir.
 const RULES_FILE: &str = "firewall-rules.json";
+/// The loaded programs as saved in the state dir.
+const PROGRAMS_FILE: &str = "programs.json";
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct SavedPrograms {
+    next_number: BTreeMap<String, u64>,
+    programs: Vec<SavedProgram>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedProgram {
+    id: String,
+    /// The name it was loaded by (`xdp_firewall`, `edge_fw.o`).
+    name: String,
+    default_mode: AttachMode,
+}
 /// How long staged rules wait for their `Apply`.
 const STAGE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -115,6 +144,7 @@ pub struct LoaderState {
     /// Rules staged for a later `Apply`, by token, with when they were last added to.
     staged: BTreeMap<u64, (std::time::Instant, Vec<FirewallRule>)>,
     state_dir: PathBuf,
+    pin_root: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
     /// Next number per program name, so ids are never reused while the daemon runs.
     next_number: BTreeMap<String, u64>,
@@ -122,6 +152,8 @@ pub struct LoaderState {
 
 struct LoadedProgram {
     ebpf: Ebpf,
+    /// The name it was loaded by, to load it again after a restart.
+    requested_name: String,
     /// A built-in `xdp_firewall`: it enforces the daemon's rule set.
     enforces_rules: bool,
     /// The program's name inside `ebpf`.
@@ -162,15 +194,18 @@ impl Actor for LoaderActor {
             }
         }
         let compiled = compile(&firewall.rules, firewall.default_policy)?;
-        Ok(LoaderState {
+        let mut state = LoaderState {
             programs_dir: args.programs_dir,
             firewall,
             compiled,
             staged: BTreeMap::new(),
             state_dir: args.state_dir,
+            pin_root: args.pin_root,
             programs: BTreeMap::new(),
             next_number: BTreeMap::new(),
-        })
+        };
+        state.restore_programs();
+        Ok(state)
     }
 
     async fn handle(
@@ -181,7 +216,10 @@ impl Actor for LoaderActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LoaderMsg::Load { name, mode, reply } => {
-                let result = state.load(&name, mode);
+                let result = state.load(&name, mode, None);
+                if result.is_ok() {
+                    state.save_programs();
+                }
                 match &result {
                     Ok(info) => {
                         info!(program_id = %info.id, kernel_id = info.kernel_id, source = %info.source, "loaded")
@@ -201,6 +239,8 @@ impl Actor for LoaderActor {
             LoaderMsg::Unload { program_id, reply } => {
                 let result = match state.programs.remove(&program_id) {
                     Some(_) => {
+                        sys::remove_pins(&state.pin_root.join(&program_id));
+                        state.save_programs();
                         info!(program_id = %program_id, "unloaded");
                         Ok(())
                     }
@@ -236,6 +276,25 @@ impl Actor for LoaderActor {
             }
             LoaderMsg::Flows { query, reply } => {
                 let _ = reply.send(state.flows(&query));
+            }
+            LoaderMsg::ForgetLink {
+                program_id,
+                interface,
+            } => {
+                let pin = state.link_pin(&program_id, &interface);
+                if std::fs::remove_file(&pin).is_ok() {
+                    info!(%program_id, %interface, "link pin removed: detached");
+                }
+            }
+            LoaderMsg::Shutdown { keep, reply } => {
+                if !keep {
+                    for id in state.programs.keys() {
+                        sys::remove_pins(&state.pin_root.join(id));
+                    }
+                    state.programs.clear();
+                    state.save_programs();
+                }
+                let _ = reply.send(());
             }
             LoaderMsg::Crash => panic!("fault injected into LoaderActor"),
         }
@@ -305,6 +364,58 @@ fn load_error(what: &str, e: ProgramError) -> ApiError {
 }
 
 impl LoaderState {
+    fn link_pin(&self, program_id: &str, interface: &str) -> PathBuf {
+        self.pin_root.join(program_id).join("links").join(interface)
+    }
+
+    fn save_programs(&self) {
+        let saved = SavedPrograms {
+            next_number: self.next_number.clone(),
+            programs: self
+                .programs
+                .values()
+                .map(|p| SavedProgram {
+                    id: p.info.id.clone(),
+                    name: p.requested_name.clone(),
+                    default_mode: p.info.default_mode,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec_pretty(&saved).expect("program lists serialize");
+        if let Err(e) = sys::write_atomically(&self.state_dir.join(PROGRAMS_FILE), &json) {
+            warn!(state_dir = %self.state_dir.display(), error = %e, "saving the program list failed; a restart will not restore it");
+        }
+    }
+
+    /// Loads again, under the same ids and onto their pinned maps, the programs a previous
+    /// daemon (or a crashed loader) had loaded.
+    fn restore_programs(&mut self) {
+        let path = self.state_dir.join(PROGRAMS_FILE);
+        let saved: SavedPrograms = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "saved program list unreadable; starting with none");
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        self.next_number = saved.next_number;
+        for p in saved.programs {
+            match self.load(&p.name, Some(p.default_mode), Some(&p.id)) {
+                Ok(info) => {
+                    info!(program_id = %info.id, kernel_id = info.kernel_id, "restored onto its pinned maps")
+                }
+                Err(e) => {
+                    warn!(program_id = %p.id, error = %e, "cannot restore; its pins are removed");
+                    sys::remove_pins(&self.pin_root.join(&p.id));
+                }
+            }
+        }
+        self.save_programs();
+    }
+
     fn flows(&self, query: &FlowQuery) -> FlowList {
         let mut flows = Vec::new();
         let mut tables = Vec::new();
@@ -609,7 +720,13 @@ impl LoaderState {
         Ok(canonical)
     }
 
-    fn load(&mut self, name: &str, mode: Option<AttachMode>) -> Result<ProgramInfo, ApiError> {
+    /// Loads `name`; `restore_id` reuses an id (and the maps pinned under it) after a restart.
+    fn load(
+        &mut self,
+        name: &str,
+        mode: Option<AttachMode>,
+        restore_id: Option<&str>,
+    ) -> Result<ProgramInfo, ApiError> {
         let (bytes, wanted_program, source, stem): (Vec<u8>, Option<&str>, String, String) =
             match builtin(name) {
                 Some((bytes, prog)) => (bytes.to_vec(), Some(prog), "built-in".into(), prog.into()),
@@ -630,7 +747,46 @@ impl LoaderState {
                     (bytes, None, path.display().to_string(), stem)
                 }
             };
+        let id = match restore_id {
+            Some(id) => id.to_string(),
+            None => format!(
+                "{stem}-{}",
+                self.next_number.get(&stem).copied().unwrap_or(0) + 1
+            ),
+        };
+        let pins = self.pin_root.join(&id);
+        std::fs::create_dir_all(&pins).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("creating {}: {e}", pins.display()),
+            )
+        })?;
+        let result = self.load_into(name, mode, &id, &pins, bytes, wanted_program, source, &stem);
+        if result.is_err() && restore_id.is_none() {
+            sys::remove_pins(&pins);
+        }
+        result
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the pieces of one load, resolved by `load`"
+    )]
+    fn load_into(
+        &mut self,
+        name: &str,
+        mode: Option<AttachMode>,
+        id: &str,
+        pins: &Path,
+        bytes: Vec<u8>,
+        wanted_program: Option<&str>,
+        source: String,
+        stem: &str,
+    ) -> Result<ProgramInfo, ApiError> {
         let mut loader = EbpfLoader::new();
+        // Maps the object declares pinned live under the program's own directory: a program
+        // loaded again under this id after a restart finds them, contents and all.
+        loader.default_map_pin_directory(pins);
         let flows_enabled = u8::from(self.firewall.flows);
         if wanted_program == Some("xdp_firewall") {
             loader
@@ -712,12 +868,16 @@ impl LoaderState {
         } else {
             mode.unwrap_or(AttachMode::Drv)
         };
-        let n = self.next_number.entry(stem.clone()).or_insert(0);
-        *n += 1;
-        let id = format!("{stem}-{n}");
+        let number: u64 = id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let counter = self.next_number.entry(stem.to_string()).or_insert(0);
+        *counter = (*counter).max(number);
         let maps = ebpf.maps().map(|(n, _)| n.to_string()).collect();
         let info = ProgramInfo {
-            id: id.clone(),
+            id: id.to_string(),
             name: program_name.clone(),
             program_type,
             kernel_id,
@@ -728,10 +888,11 @@ impl LoaderState {
             maps,
         };
         self.programs.insert(
-            id,
+            id.to_string(),
             LoadedProgram {
                 ebpf,
                 enforces_rules,
+                requested_name: name.to_string(),
                 program_name,
                 info: info.clone(),
             },
@@ -746,6 +907,7 @@ impl LoaderState {
         mode: Option<AttachMode>,
     ) -> Result<NewLink, ApiError> {
         let unknown = self.unknown_program(program_id);
+        let pin = self.link_pin(program_id, interface);
         let loaded = self.programs.get_mut(program_id).ok_or(unknown)?;
         let mode = mode.unwrap_or(loaded.info.default_mode);
         let program_type = loaded.info.program_type;
@@ -767,6 +929,25 @@ impl LoaderState {
                 sys::unknown_interface_message(interface),
             ));
         }
+        if pin.exists() {
+            match adopt(xdp, &pin) {
+                Ok(link) => {
+                    info!(
+                        program_id,
+                        interface, "adopted the pinned link: the program was never detached"
+                    );
+                    return Ok(NewLink {
+                        link,
+                        mode,
+                        program_type,
+                    });
+                }
+                Err(e) => {
+                    warn!(program_id, interface, error = %e, "the pinned link is stale; attaching anew");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
         let link_id = xdp
             .attach(interface, xdp_mode(mode))
             .map_err(|e| attach_error(program_id, interface, mode, e))?;
@@ -776,6 +957,15 @@ impl LoaderState {
                 format!("taking the link of {program_id}: {}", sys::chain(&e)),
             )
         })?;
+        let link = pin_link(link, &pin).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!(
+                    "pinning the link of {program_id} on {interface} at {}: {e}",
+                    pin.display()
+                ),
+            )
+        })?;
         info!(program_id, interface, %mode, "attached");
         Ok(NewLink {
             link,
@@ -783,6 +973,34 @@ impl LoaderState {
             program_type,
         })
     }
+}
+
+/// Pins a new link, so that it outlives its holder.
+fn pin_link(link: XdpLink, pin: &Path) -> Result<HeldLink, String> {
+    let fd = FdLink::try_from(link).map_err(|e| format!("not a bpf_link: {e}"))?;
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let pinned = fd.pin(pin).map_err(|e| e.to_string())?;
+    Ok(HeldLink {
+        fd: pinned.into(),
+        pin: pin.to_path_buf(),
+    })
+}
+
+/// Takes over a link pinned by an earlier holder and swaps this program into it, atomically:
+/// packets go from the old program to this one with no moment unfiltered.
+fn adopt(xdp: &mut Xdp, pin: &Path) -> Result<HeldLink, String> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| sys::chain(&e))?;
+    let fd: FdLink = pinned.into();
+    let link = XdpLink::try_from(fd).map_err(|e| sys::chain(&e))?;
+    let id = xdp.attach_to_link(link).map_err(|e| sys::chain(&e))?;
+    let link = xdp.take_link(id).map_err(|e| sys::chain(&e))?;
+    let fd = FdLink::try_from(link).map_err(|e| sys::chain(&e))?;
+    Ok(HeldLink {
+        fd,
+        pin: pin.to_path_buf(),
+    })
 }
 
 fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramError) -> ApiError {

@@ -121,6 +121,69 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Makes sure `pin_root` is a directory on a bpffs. When its parent is the standard
+/// `/sys/fs/bpf` and nothing is mounted there (as on minimal hosts), mounts bpffs there, as
+/// systemd would have.
+pub fn ensure_pin_root(pin_root: &Path) -> Result<(), String> {
+    let parent = pin_root.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) {
+        if parent == Path::new("/sys/fs/bpf") && parent.is_dir() {
+            nix::mount::mount(
+                Some("bpf"),
+                parent,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| format!("mounting bpffs on /sys/fs/bpf failed ({e}); mount it with `mount -t bpf bpf /sys/fs/bpf`"))?;
+            tracing::info!("mounted bpffs on /sys/fs/bpf");
+        } else if !is_bpffs(pin_root) {
+            return Err(format!(
+                "pin_root {} is not on a bpffs; mount one (`mount -t bpf bpf {}`) or set pin_root \
+                 to a directory under /sys/fs/bpf",
+                pin_root.display(),
+                parent.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(pin_root)
+        .map_err(|e| format!("creating pin_root {}: {e}", pin_root.display()))?;
+    Ok(())
+}
+
+/// Removes `pin_root` when nothing is pinned in it any more.
+pub fn remove_pin_root_if_empty(pin_root: &Path) {
+    if let Ok(mut entries) = std::fs::read_dir(pin_root)
+        && entries.next().is_none()
+    {
+        let _ = std::fs::remove_dir(pin_root);
+    }
+}
+
+/// Removes a directory of pins (maps and links) and everything in it. Unlinking a pin drops
+/// only the name: what a process still holds stays alive until it lets go.
+pub fn remove_pins(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                remove_pins(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

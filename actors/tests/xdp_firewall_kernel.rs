@@ -59,9 +59,53 @@ fn standard_rules() -> Vec<FirewallRule> {
     ]
 }
 
-fn firewall(rules: &[FirewallRule], default_policy: RuleAction) -> Ebpf {
+/// A loaded `xdp_firewall` whose maps are pinned in a directory of its own (the program pins
+/// its maps by name; without a directory aya would use /sys/fs/bpf itself, shared by every
+/// test). The pins go when it is dropped.
+struct Fw {
+    ebpf: Ebpf,
+    pins: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Fw {
+    type Target = Ebpf;
+    fn deref(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+impl std::ops::DerefMut for Fw {
+    fn deref_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+impl Drop for Fw {
+    fn drop(&mut self) {
+        actors::sys::remove_pins(&self.pins);
+    }
+}
+
+/// Loads (and verifies) `xdp_firewall`, flows on with a table of `flows` entries when given.
+fn load_firewall(flows: Option<u32>) -> Fw {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
     require_root();
-    let mut ebpf = EbpfLoader::new()
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/x0t-kernel-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    actors::sys::ensure_pin_root(&pins).unwrap();
+    let enabled = 1u8;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&pins);
+    if let Some(size) = flows {
+        loader
+            .override_global(ebpf_shared::globals::FLOWS_ENABLED, &enabled, true)
+            .map_max_entries(ebpf_shared::maps::FW_FLOWS, size);
+    }
+    let mut ebpf = loader
         .load(XDP_FIREWALL)
         .expect("parse the embedded xdp_firewall");
     let program: &mut Xdp = ebpf
@@ -70,6 +114,11 @@ fn firewall(rules: &[FirewallRule], default_policy: RuleAction) -> Ebpf {
         .try_into()
         .unwrap();
     program.load().expect("the verifier accepts xdp_firewall");
+    Fw { ebpf, pins }
+}
+
+fn firewall(rules: &[FirewallRule], default_policy: RuleAction) -> Fw {
+    let mut ebpf = load_firewall(None);
     apply_rules(&mut ebpf, rules, default_policy).expect("rules apply");
     ebpf
 }
@@ -295,14 +344,7 @@ fn icmpv6_rule_and_default_deny() {
 
 #[test]
 fn an_unconfigured_firewall_passes_everything() {
-    require_root();
-    let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).unwrap();
-    let program: &mut Xdp = ebpf
-        .program_mut("xdp_firewall")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    program.load().unwrap();
+    let ebpf = load_firewall(None);
     assert_eq!(verdict(&ebpf, &v4_udp(DENIED_V4, 53, 4)), XDP_PASS);
     assert_eq!(verdict(&ebpf, &v6_tcp(DENIED_V6, 22)), XDP_PASS);
 }
@@ -478,14 +520,7 @@ fn vlan_tagged_traffic_is_filtered_too() {
 
 #[test]
 fn invalid_rules_are_refused_before_anything_is_written() {
-    require_root();
-    let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).unwrap();
-    let program: &mut Xdp = ebpf
-        .program_mut("xdp_firewall")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    program.load().unwrap();
+    let mut ebpf = load_firewall(None);
     let rules = vec![
         rule(RuleAction::Drop, Some("10.0.0.66"), None, None),
         rule(RuleAction::Drop, None, Some(Protocol::Icmp), Some(22)),
@@ -762,13 +797,7 @@ fn the_kernel_agrees_with_explain_on_random_rule_sets_and_packets() {
     use actors::rules::{compile, sample};
     require_root();
     let mut r = sample::Rng(0x2545_f491_4f6c_dd1d);
-    let mut ebpf = EbpfLoader::new().load(XDP_FIREWALL).unwrap();
-    let program: &mut Xdp = ebpf
-        .program_mut("xdp_firewall")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    program.load().unwrap();
+    let mut ebpf = load_firewall(None);
     let mut checked = 0;
     for _ in 0..60 {
         let rules: Vec<FirewallRule> = (0..1 + r.below(12))
@@ -802,22 +831,8 @@ fn the_kernel_agrees_with_explain_on_random_rule_sets_and_packets() {
     assert!(checked > 2000, "only {checked} packets checked");
 }
 
-fn firewall_with_flows(rules: &[FirewallRule], table_size: u32) -> Ebpf {
-    require_root();
-    let enabled = 1u8;
-    let mut ebpf = EbpfLoader::new()
-        .override_global(ebpf_shared::globals::FLOWS_ENABLED, &enabled, true)
-        .map_max_entries(ebpf_shared::maps::FW_FLOWS, table_size)
-        .load(XDP_FIREWALL)
-        .unwrap();
-    let program: &mut Xdp = ebpf
-        .program_mut("xdp_firewall")
-        .unwrap()
-        .try_into()
-        .unwrap();
-    program
-        .load()
-        .expect("the verifier accepts xdp_firewall with flows on");
+fn firewall_with_flows(rules: &[FirewallRule], table_size: u32) -> Fw {
+    let mut ebpf = load_firewall(Some(table_size));
     apply_rules(&mut ebpf, rules, RuleAction::Allow).unwrap();
     ebpf
 }

@@ -421,6 +421,19 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
     }
 
+    /// SIGKILL: the daemon dies on the spot, as in a crash or an OOM kill.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the daemon again after `kill` or `stop`, with the same config and state.
+    pub fn start_again(&mut self, ns: &NetNs) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn(ns);
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");

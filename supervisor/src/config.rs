@@ -48,6 +48,9 @@ pub struct Config {
     pub latency_threshold_ms: f64,
     pub monitoring_interval_seconds: f64,
     pub auto_load_programs: bool,
+    /// At SIGTERM, leave the programs attached (on their pinned links) for the next start
+    /// to adopt, instead of detaching everything.
+    pub keep_attached_on_shutdown: bool,
     pub socket_path: PathBuf,
     pub pin_root: PathBuf,
     pub state_dir: PathBuf,
@@ -72,6 +75,7 @@ impl Default for Config {
             latency_threshold_ms: 100.0,
             monitoring_interval_seconds: 10.0,
             auto_load_programs: true,
+            keep_attached_on_shutdown: false,
             socket_path: actors::api::DEFAULT_SOCKET_PATH.into(),
             pin_root: "/sys/fs/bpf/x0tta6bl4".into(),
             state_dir: "/var/lib/x0tta6bl4/ebpf".into(),

@@ -9,7 +9,6 @@ use anyhow::{Context as _, bail};
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Fails with what to do when the process cannot load and attach BPF programs.
 pub fn check_privileges() -> anyhow::Result<()> {
@@ -31,51 +30,6 @@ pub fn check_privileges() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-        .unwrap_or(false)
-}
-
-/// Makes sure `pin_root` is a directory on a bpffs. When its parent is the standard
-/// `/sys/fs/bpf` and nothing is mounted there (as on minimal hosts), mounts bpffs there, as
-/// systemd would have.
-pub fn ensure_pin_root(pin_root: &Path) -> anyhow::Result<()> {
-    let parent = pin_root.parent().unwrap_or(Path::new("/"));
-    if !is_bpffs(parent) {
-        if parent == Path::new("/sys/fs/bpf") && parent.is_dir() {
-            nix::mount::mount(
-                Some("bpf"),
-                parent,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .context("mounting bpffs on /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")?;
-            tracing::info!("mounted bpffs on /sys/fs/bpf");
-        } else if !is_bpffs(pin_root) {
-            bail!(
-                "pin_root {} is not on a bpffs; mount one (`mount -t bpf bpf {}`) or set pin_root \
-                 to a directory under /sys/fs/bpf",
-                pin_root.display(),
-                parent.display()
-            );
-        }
-    }
-    std::fs::create_dir_all(pin_root)
-        .with_context(|| format!("creating pin_root {}", pin_root.display()))?;
-    Ok(())
-}
-
-/// Removes `pin_root` when nothing is pinned in it any more.
-pub fn remove_pin_root_if_empty(pin_root: &Path) {
-    if let Ok(mut entries) = std::fs::read_dir(pin_root)
-        && entries.next().is_none()
-    {
-        let _ = std::fs::remove_dir(pin_root);
-    }
 }
 
 /// Binds the control socket: creates its directory, replaces a stale socket left by a killed

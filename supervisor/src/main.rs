@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use actors::interfaces::InterfacesMsg;
+use actors::loader::LoaderMsg;
 use actors::rpc::ask;
 use anyhow::Context as _;
 use clap::Parser;
@@ -13,7 +14,7 @@ use ractor::{Actor, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
 use supervisor::control::Control;
 use supervisor::host;
-use supervisor::root::{INTERFACES, RootSupervisor, StartupPlan};
+use supervisor::root::{INTERFACES, LOADER, RootSupervisor, StartupPlan};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -173,7 +174,7 @@ fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::Worke
 
 async fn run(config: Config) -> anyhow::Result<()> {
     host::check_privileges()?;
-    host::ensure_pin_root(&config.pin_root)?;
+    actors::sys::ensure_pin_root(&config.pin_root).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let listener = host::bind_control_socket(&config.socket_path)?;
@@ -181,6 +182,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let plan = StartupPlan {
         programs_dir: config.programs_dir.clone(),
         state_dir: config.state_dir.clone(),
+        pin_root: config.pin_root.clone(),
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),
         firewall,
@@ -206,20 +208,36 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let server = tokio::spawn(control.serve(listener));
 
     wait_for_signal().await?;
-    info!("shutting down: detaching every program");
     server.abort();
-    if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES)
-        && let Err(e) = ask(&interfaces, "InterfaceSupervisor", |reply| {
-            InterfacesMsg::DetachAll { reply }
+    let keep = config.keep_attached_on_shutdown;
+    if keep {
+        info!(
+            "shutting down: programs stay attached on their pinned links (keep_attached_on_shutdown); the next start adopts them"
+        );
+    } else {
+        info!("shutting down: detaching every program");
+        if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES)
+            && let Err(e) = ask(&interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::DetachAll { reply }
+            })
+            .await
+        {
+            error!(error = %e, "detaching at shutdown");
+        }
+    }
+    if let Some(loader) = ActorRef::<LoaderMsg>::where_is(LOADER)
+        && let Err(e) = ask(&loader, "LoaderActor", |reply| LoaderMsg::Shutdown {
+            keep,
+            reply,
         })
         .await
     {
-        error!(error = %e, "detaching at shutdown");
+        error!(error = %e, "unloading at shutdown");
     }
     root.stop(Some("shutdown".into()));
     let _ = root_handle.await;
     let _ = std::fs::remove_file(&config.socket_path);
-    host::remove_pin_root_if_empty(&config.pin_root);
+    actors::sys::remove_pin_root_if_empty(&config.pin_root);
     info!("stopped");
     Ok(())
 }

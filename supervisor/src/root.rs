@@ -22,6 +22,7 @@ pub const INTERFACES: &str = "x0tta6bl4.interfaces";
 pub struct StartupPlan {
     pub programs_dir: std::path::PathBuf,
     pub state_dir: std::path::PathBuf,
+    pub pin_root: std::path::PathBuf,
     pub firewall: FirewallSettings,
     /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
     pub auto_attach: Option<(String, AttachMode)>,
@@ -169,6 +170,7 @@ impl RootState {
                 programs_dir: self.plan.programs_dir.clone(),
                 firewall: self.plan.firewall.clone(),
                 state_dir: self.plan.state_dir.clone(),
+                pin_root: self.plan.pin_root.clone(),
             },
             myself.get_cell(),
         )
@@ -188,6 +190,7 @@ impl RootState {
             InterfacesArgs {
                 loader,
                 intensity: RestartIntensity::default,
+                state_dir: self.plan.state_dir.clone(),
             },
             myself.get_cell(),
         )

@@ -12,7 +12,37 @@ use actors::rpc::ask;
 use chaos_tests::{LocalVeth, kernel_linked_programs, require_root};
 use ractor::{Actor, ActorRef};
 
+/// A state dir and a pin root of the test's own, removed at the end.
+struct Dirs {
+    state: tempfile::TempDir,
+    pins: std::path::PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Dirs {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pins = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/x0t-supervision-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        actors::sys::ensure_pin_root(&pins).unwrap();
+        Dirs {
+            state: tempfile::tempdir().unwrap(),
+            pins,
+        }
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        actors::sys::remove_pins(&self.pins);
+    }
+}
+
 async fn tree(
+    dirs: &Dirs,
     intensity: fn() -> RestartIntensity,
 ) -> (ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>) {
     let (loader, _) = Actor::spawn(
@@ -21,7 +51,8 @@ async fn tree(
         LoaderArgs {
             programs_dir: std::env::temp_dir(),
             firewall: Default::default(),
-            state_dir: std::env::temp_dir().join(format!("x0t-state-{}", std::process::id())),
+            state_dir: dirs.state.path().to_path_buf(),
+            pin_root: dirs.pins.clone(),
         },
     )
     .await
@@ -32,6 +63,7 @@ async fn tree(
         InterfacesArgs {
             loader: loader.clone(),
             intensity,
+            state_dir: dirs.state.path().to_path_buf(),
         },
     )
     .await
@@ -104,7 +136,8 @@ async fn a_crashed_attach_actor_is_restarted_and_its_program_reattached() {
     require_root();
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let veth = LocalVeth::new();
-    let (loader, interfaces) = tree(RestartIntensity::default).await;
+    let dirs = Dirs::new();
+    let (loader, interfaces) = tree(&dirs, RestartIntensity::default).await;
     let (id, kernel_id) = load_and_attach(&loader, &interfaces, &veth.name).await;
     assert!(kernel_linked_programs().contains(&kernel_id));
 
@@ -140,7 +173,9 @@ async fn a_crashed_attach_actor_is_restarted_and_its_program_reattached() {
 async fn past_its_restart_intensity_the_supervisor_gives_up_and_reports_it() {
     require_root();
     let veth = LocalVeth::new();
-    let (loader, interfaces) = tree(|| RestartIntensity::new(1, Duration::from_secs(60))).await;
+    let dirs = Dirs::new();
+    let (loader, interfaces) =
+        tree(&dirs, || RestartIntensity::new(1, Duration::from_secs(60))).await;
     let (_id, kernel_id) = load_and_attach(&loader, &interfaces, &veth.name).await;
 
     crash(&interfaces, &veth.name).await;
@@ -180,9 +215,11 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
     use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, StartupPlan};
     require_root();
     let veth = LocalVeth::new();
+    let dirs = Dirs::new();
     let plan = StartupPlan {
         programs_dir: std::env::temp_dir(),
-        state_dir: std::env::temp_dir().join(format!("x0t-state-root-{}", std::process::id())),
+        state_dir: dirs.state.path().to_path_buf(),
+        pin_root: dirs.pins.clone(),
         firewall: Default::default(),
         auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
     };

@@ -26,22 +26,25 @@ mod program {
     use ebpf_shared::{
         Counter, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES,
         FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
-        LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
-        RULE_WORDS, RuleSetHeader, action, field, proto, tables,
+        LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES,
+        Outcome, PORTS, RULE_WORDS, RuleSetHeader, action, field, proto, tables,
     };
 
+    // Every map is pinned by name under the program's pin directory, so that a daemon that
+    // restarts (or crashed) loads the program again onto the same maps: counters, flows and
+    // rules carry on, and the pinned link keeps the program attached meanwhile.
     #[map]
-    static FW_CONFIG: Array<FirewallConfig> = Array::with_max_entries(1, 0);
+    static FW_CONFIG: Array<FirewallConfig> = Array::pinned(1, 0);
     #[map]
-    static FW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(OUTCOMES, 0);
+    static FW_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(OUTCOMES, 0);
     /// Sized at load (`flow_table_size`); per CPU, so updates need no atomics.
     #[map]
     static FW_FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
-        LruPerCpuHashMap::with_max_entries(FLOW_TABLE_DEFAULT_SIZE, 0);
+        LruPerCpuHashMap::pinned(FLOW_TABLE_DEFAULT_SIZE, 0);
     #[map]
-    static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::with_max_entries(1, 0);
+    static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::pinned(1, 0);
     #[map]
-    static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::with_max_entries(LATENCY_BUCKETS, 0);
+    static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::pinned(LATENCY_BUCKETS, 0);
 
     /// Set at load when flows are on (`enable_flow_observability`); a constant to the
     /// verifier, which drops the flow code when it is 0.
@@ -65,46 +68,46 @@ mod program {
          $dport_class:ident, $misc:ident, $header:ident) => {
             #[map]
             static $src4: LpmTrie<u32, FieldMatch> =
-                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                LpmTrie::pinned(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $src6: LpmTrie<[u32; 4], FieldMatch> =
-                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                LpmTrie::pinned(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $dst4: LpmTrie<u32, FieldMatch> =
-                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                LpmTrie::pinned(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $dst6: LpmTrie<[u32; 4], FieldMatch> =
-                LpmTrie::with_max_entries(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                LpmTrie::pinned(FW_CIDR_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $src4x: HashMap<u32, FieldMatch> =
-                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                HashMap::pinned(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $src6x: HashMap<[u32; 4], FieldMatch> =
-                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                HashMap::pinned(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $dst4x: HashMap<u32, FieldMatch> =
-                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                HashMap::pinned(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
             static $dst6x: HashMap<[u32; 4], FieldMatch> =
-                HashMap::with_max_entries(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+                HashMap::pinned(FW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
             #[map]
-            static $proto: Array<FieldMatch> = Array::with_max_entries(256, 0);
+            static $proto: Array<FieldMatch> = Array::pinned(256, 0);
             #[map]
-            static $sport_tcp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            static $sport_tcp: Array<u64> = Array::pinned(PORTS, 0);
             #[map]
-            static $sport_udp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            static $sport_udp: Array<u64> = Array::pinned(PORTS, 0);
             #[map]
-            static $dport_tcp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            static $dport_tcp: Array<u64> = Array::pinned(PORTS, 0);
             #[map]
-            static $dport_udp: Array<u64> = Array::with_max_entries(PORTS, 0);
+            static $dport_udp: Array<u64> = Array::pinned(PORTS, 0);
             #[map]
-            static $sport_class: Array<FieldMatch> = Array::with_max_entries(FW_PORT_CLASSES, 0);
+            static $sport_class: Array<FieldMatch> = Array::pinned(FW_PORT_CLASSES, 0);
             #[map]
-            static $dport_class: Array<FieldMatch> = Array::with_max_entries(FW_PORT_CLASSES, 0);
+            static $dport_class: Array<FieldMatch> = Array::pinned(FW_PORT_CLASSES, 0);
             #[map]
-            static $misc: Array<FieldMatch> = Array::with_max_entries(MISC_MAX_ENTRIES, 0);
+            static $misc: Array<FieldMatch> = Array::pinned(MISC_MAX_ENTRIES, 0);
             #[map]
-            static $header: Array<RuleSetHeader> = Array::with_max_entries(1, 0);
+            static $header: Array<RuleSetHeader> = Array::pinned(1, 0);
 
             /// The encoded deciding rule, or `NO_RULE` with the default action.
             #[inline(always)]
@@ -319,7 +322,11 @@ mod program {
             timed = s.packets & (LATENCY_SAMPLE_EVERY - 1) == 0;
         }
         // SAFETY: the clock helpers have no preconditions.
-        let started = if timed { unsafe { bpf_ktime_get_ns() } } else { 0 };
+        let started = if timed {
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        };
         let (outcome, packet) = decide(start, end);
         if let Some(c) = FW_STATS.get_ptr_mut(outcome as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.

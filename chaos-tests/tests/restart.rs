@@ -1,0 +1,192 @@
+//! State that survives the daemon: a SIGKILLed daemon leaves the firewall dropping what it
+//! should, and the next one adopts the pinned link (no detach, no packet gap) with the same
+//! program id, counters that carry on, the same rules and the same flows.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::{Daemon, TwoHosts, kernel_has_program};
+use serde_json::Value;
+
+fn links_of(kernel_id: u64) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["--json", "link", "show"])
+        .output()
+        .unwrap();
+    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["prog_id"].as_u64() == Some(kernel_id))
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+fn counters(daemon: &Daemon) -> Value {
+    daemon.cli_json(&["stats"])[0]["counters"].clone()
+}
+
+fn wait_counters(daemon: &Daemon, dropped: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = counters(daemon);
+        if c["dropped_packets"].as_u64() >= Some(dropped) || Instant::now() > deadline {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_attached(daemon: &Daemon) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = daemon.cli_json(&["programs"]);
+        if p[0]["attachments"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing attached:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
+    let hosts = TwoHosts::new();
+    let [allowed, denied] = hosts.ips_b;
+    let config = format!(
+        "interface = \"{}\"\nauto_load_programs = true\n[programs.xdp_firewall]\nattach_mode = \"drv\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let mut daemon = Daemon::start(&hosts.a, &config);
+    let before = wait_attached(&daemon);
+    let kernel_id = before[0]["kernel_id"].as_u64().unwrap();
+    let links = links_of(kernel_id);
+    assert_eq!(links.len(), 1, "one bpf_link");
+    daemon.cli_json(&[
+        "rules",
+        "add",
+        "--action",
+        "drop",
+        "--protocol",
+        "udp",
+        "--dport",
+        "9",
+    ]);
+    let rules = daemon.cli_json(&["rules", "list"]);
+    hosts.send_udp(denied, 7000, 10, 50);
+    hosts.send_udp(allowed, 7000, 4, 50);
+    assert_eq!(wait_counters(&daemon, 10)["dropped_packets"], 10);
+
+    // The daemon dies. The firewall does not.
+    daemon.kill();
+    hosts.send_udp(denied, 7000, 20, 50);
+    assert_eq!(
+        hosts.ping(denied, 3),
+        0,
+        "the denied source is still dropped with the daemon dead"
+    );
+    assert_eq!(
+        hosts.ping(allowed, 2),
+        2,
+        "and the allowed one still passes"
+    );
+    assert_eq!(links_of(kernel_id), links, "the link outlived the daemon");
+
+    // The next daemon adopts what it finds: same id, same link, counters carry on.
+    daemon.start_again(&hosts.a);
+    let after = wait_attached(&daemon);
+    assert_eq!(after[0]["id"], before[0]["id"], "the same program id");
+    assert_eq!(after[0]["attachments"], before[0]["attachments"]);
+    let new_kernel_id = after[0]["kernel_id"].as_u64().unwrap();
+    assert_eq!(
+        links_of(new_kernel_id),
+        links,
+        "the same bpf_link, now running the new program"
+    );
+    assert!(
+        !kernel_has_program(kernel_id),
+        "the old program is gone once nothing holds it"
+    );
+    let c = wait_counters(&daemon, 33);
+    assert_eq!(
+        c["dropped_packets"],
+        10 + 20 + 3,
+        "drops while the daemon was dead were counted: {c}"
+    );
+    assert_eq!(c["passed_packets"], 4 + 2, "{c}");
+    assert_eq!(daemon.cli_json(&["rules", "list"]), rules, "the same rules");
+    let flows = daemon.cli_json(&[
+        "flows",
+        "--source",
+        &denied.to_string(),
+        "--protocol",
+        "udp",
+    ]);
+    let udp: u64 = flows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        udp, 30,
+        "the flows from before the crash are still there: {flows:#}"
+    );
+    hosts.send_udp(denied, 7000, 5, 50);
+    assert_eq!(
+        wait_counters(&daemon, 38)["dropped_packets"],
+        38,
+        "and the new program counts on"
+    );
+    assert!(
+        daemon.log_text().contains("adopted the pinned link"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // A clean stop (keep_attached_on_shutdown = false) leaves nothing behind.
+    assert!(daemon.stop().success());
+    assert!(links_of(new_kernel_id).is_empty(), "detached at shutdown");
+    assert!(!daemon.pin_root.exists(), "no pins left");
+    assert_eq!(hosts.ping(denied, 2), 2);
+}
+
+#[test]
+fn keep_attached_on_shutdown_hands_the_firewall_to_the_next_start() {
+    let hosts = TwoHosts::new();
+    let denied = hosts.ips_b[1];
+    let config = format!(
+        "interface = \"{}\"\nkeep_attached_on_shutdown = true\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let mut daemon = Daemon::start(&hosts.a, &config);
+    let before = wait_attached(&daemon);
+    let links = links_of(before[0]["kernel_id"].as_u64().unwrap());
+    hosts.send_udp(denied, 7000, 6, 50);
+    assert_eq!(wait_counters(&daemon, 6)["dropped_packets"], 6);
+    assert!(daemon.stop().success());
+    assert_eq!(
+        hosts.ping(denied, 2),
+        0,
+        "still filtering between the two daemons"
+    );
+    daemon.start_again(&hosts.a);
+    let after = wait_attached(&daemon);
+    assert_eq!(after[0]["id"], before[0]["id"]);
+    assert_eq!(links_of(after[0]["kernel_id"].as_u64().unwrap()), links);
+    assert_eq!(wait_counters(&daemon, 8)["dropped_packets"], 8);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        1,
+        "the startup plan did not load a second firewall"
+    );
+    // The guard's SIGTERM keeps them attached too; take them off for the test's cleanup.
+    daemon.cli_json(&["unload", after[0]["id"].as_str().unwrap()]);
+}
