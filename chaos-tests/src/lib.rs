@@ -195,11 +195,25 @@ impl TwoHosts {
         }
     }
 
-    /// Sends `count` UDP datagrams of `payload` bytes from `b` (bound to `from`) to `a`.
+    /// Sends `count` UDP datagrams of `payload` bytes from `b` (bound to `from`, any source
+    /// port) to `a`.
     pub fn send_udp(&self, from: Ipv4Addr, port: u16, count: usize, payload: usize) {
+        self.send_udp_from_port(from, 0, port, count, payload);
+    }
+
+    /// Like `send_udp` from a fixed source port, so that successive calls are one flow.
+    pub fn send_udp_from_port(
+        &self,
+        from: Ipv4Addr,
+        source_port: u16,
+        port: u16,
+        count: usize,
+        payload: usize,
+    ) {
         let to = SocketAddrV4::new(self.ip_a, port);
         self.b.within(|| {
-            let socket = UdpSocket::bind(SocketAddrV4::new(from, 0)).expect("bind UDP sender");
+            let socket =
+                UdpSocket::bind(SocketAddrV4::new(from, source_port)).expect("bind UDP sender");
             let data = vec![0x5au8; payload];
             for _ in 0..count {
                 socket.send_to(&data, to).expect("send UDP datagram");

@@ -60,18 +60,24 @@ pub fn run(duration: Option<u64>) -> anyhow::Result<()> {
                 sent.0,
                 sent.1
             );
-            for verb in ["status", "programs", "stats"] {
-                let out = daemon.cli(&[verb]);
+            for args in [
+                &["status"][..],
+                &["programs"],
+                &["stats"],
+                &["flows", "--limit", "5"],
+            ] {
+                let out = daemon.cli(args);
                 print!(
-                    "$ x0tta6bl4-ebpf {verb}\n{}",
+                    "$ x0tta6bl4-ebpf {}\n{}",
+                    args.join(" "),
                     String::from_utf8_lossy(&out.stdout)
                 );
                 eprint!("{}", String::from_utf8_lossy(&out.stderr));
             }
             println!();
         }
-        hosts.send_udp(allowed, 5000, 20, 200);
-        hosts.send_udp(denied, 5000, 10, 200);
+        hosts.send_udp_from_port(allowed, 40001, 5000, 20, 200);
+        hosts.send_udp_from_port(denied, 40002, 5000, 10, 200);
         sent.0 += 20;
         sent.1 += 10;
         std::thread::sleep(Duration::from_millis(250));
