@@ -330,8 +330,12 @@ pub enum Response {
 pub struct Attachment {
     pub program_id: String,
     pub interface: String,
+    /// The mode the program runs in.
     pub mode: AttachMode,
     pub program_type: ProgramType,
+    /// The mode that was asked for; differs from `mode` when driver mode failed and the
+    /// attachment degraded to skb (`enable_dynamic_fallback`).
+    pub requested_mode: AttachMode,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -349,6 +353,7 @@ pub struct Status {
 pub struct InterfaceAttachment {
     pub interface: String,
     pub mode: AttachMode,
+    pub requested_mode: AttachMode,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -58,6 +58,8 @@ pub struct SupervisionReport {
     pub problems: BTreeMap<String, String>,
     pub restarts: u64,
     pub attachments: usize,
+    /// Attachments running in another mode than requested (xdp_mode_degraded), described.
+    pub degraded: Vec<String>,
 }
 
 pub struct InterfacesState {
@@ -71,12 +73,16 @@ pub struct InterfacesState {
     restarts: u64,
     make_intensity: fn() -> RestartIntensity,
     state_dir: std::path::PathBuf,
+    fallback: bool,
 }
 
 pub struct InterfaceSupervisor;
 
 pub struct InterfacesArgs {
     pub loader: ActorRef<LoaderMsg>,
+    /// Degrade a driver-mode attach the interface refuses to skb mode
+    /// (`enable_dynamic_fallback`), instead of failing it.
+    pub fallback: bool,
     pub intensity: fn() -> RestartIntensity,
     /// Where the attachments are saved (and restored from at start).
     pub state_dir: std::path::PathBuf,
@@ -104,6 +110,7 @@ impl Actor for InterfaceSupervisor {
             restarts: 0,
             make_intensity: args.intensity,
             state_dir: args.state_dir,
+            fallback: args.fallback,
         })
     }
 
@@ -200,10 +207,21 @@ impl Actor for InterfaceSupervisor {
                 let _ = reply.send(state.all_attachments());
             }
             InterfacesMsg::Verify { reply } => {
+                let all = state.all_attachments();
                 let mut report = SupervisionReport {
                     problems: state.given_up.clone(),
                     restarts: state.restarts,
-                    attachments: state.all_attachments().len(),
+                    attachments: all.len(),
+                    degraded: all
+                        .iter()
+                        .filter(|a| a.mode != a.requested_mode)
+                        .map(|a| {
+                            format!(
+                                "{} on {} runs in {} mode: {} mode was requested and the interface refused it (xdp_mode_degraded)",
+                                a.program_id, a.interface, a.mode, a.requested_mode
+                            )
+                        })
+                        .collect(),
                 };
                 for (interface, child) in &state.children {
                     if state
@@ -303,7 +321,12 @@ impl Actor for InterfaceSupervisor {
             let mut delay = REATTACH_FIRST_DELAY;
             loop {
                 let result = state
-                    .attach(&myself, &program_id, &interface, Some(attachment.mode))
+                    .attach(
+                        &myself,
+                        &program_id,
+                        &interface,
+                        Some(attachment.requested_mode),
+                    )
                     .await;
                 match result {
                     Ok(_) => {
@@ -419,18 +442,42 @@ impl InterfacesState {
             };
             return Err(ApiError::new(ErrorKind::Busy, message));
         }
-        let new_link = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::CreateLink {
-            program_id: program_id.to_string(),
-            interface: interface.to_string(),
-            mode,
-            reply,
-        })
-        .await??;
+        let requested = mode.unwrap_or_else(|| {
+            programs
+                .iter()
+                .find(|p| p.id == program_id)
+                .map(|p| p.default_mode)
+                .unwrap_or(AttachMode::Drv)
+        });
+        let create = |mode: AttachMode| {
+            ask(&self.loader, "LoaderActor", move |reply| {
+                LoaderMsg::CreateLink {
+                    program_id: program_id.to_string(),
+                    interface: interface.to_string(),
+                    mode: Some(mode),
+                    reply,
+                }
+            })
+        };
+        let new_link = match create(requested).await? {
+            // The driver refused native XDP: skb mode works on every interface. Degrade,
+            // loudly: the log, `status`, `programs` and `health` all say so.
+            Err(e)
+                if self.fallback
+                    && requested == AttachMode::Drv
+                    && e.kind == ErrorKind::Unsupported =>
+            {
+                warn!(%program_id, %interface, refused = %e, "driver mode refused; degrading to skb mode (enable_dynamic_fallback)");
+                create(AttachMode::Skb).await??
+            }
+            other => other?,
+        };
         let attachment = Attachment {
             program_id: program_id.to_string(),
             interface: interface.to_string(),
             mode: new_link.mode,
             program_type: new_link.program_type,
+            requested_mode: requested,
         };
         let child = self.child(myself, interface).await?;
         ask(&child, &format!("AttachActor[{interface}]"), |reply| {

@@ -11,7 +11,7 @@ use serde_json::Value;
 /// Config that denies `b`'s second address and loads nothing at start.
 fn deny_config(hosts: &TwoHosts) -> String {
     format!(
-        "interface = \"{}\"\nauto_load_programs = false\n[programs.xdp_firewall]\nrules = [{{ action = \"drop\", source_ip = \"{}\" }}]\n",
+        "interface = \"{}\"\nauto_load_programs = false\nenable_dynamic_fallback = false\n[programs.xdp_firewall]\nrules = [{{ action = \"drop\", source_ip = \"{}\" }}]\n",
         hosts.if_a, hosts.ips_b[1]
     )
 }
@@ -539,7 +539,10 @@ fn completions_need_no_daemon() {
 fn a_failed_attach_at_start_is_reported_by_health_and_leaves_nothing_loaded() {
     let hosts = TwoHosts::new();
     // lo has no native XDP: the configured drv attach fails at start.
-    let daemon = Daemon::start(&hosts.a, "interface = \"lo\"\nauto_load_programs = true\n");
+    let daemon = Daemon::start(
+        &hosts.a,
+        "interface = \"lo\"\nauto_load_programs = true\nenable_dynamic_fallback = false\n",
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let health = loop {
         let h = daemon.cli_json(&["health"]);
@@ -556,4 +559,45 @@ fn a_failed_attach_at_start_is_reported_by_health_and_leaves_nothing_loaded() {
     );
     assert_eq!(daemon.cli_json(&["programs"]), Value::Array(vec![]));
     assert_eq!(daemon.cli_json(&["status"])["programs_loaded"], 0);
+}
+
+#[test]
+fn a_refused_driver_mode_degrades_to_skb_visibly() {
+    let hosts = TwoHosts::new();
+    // enable_dynamic_fallback is on by default, as in the original design.
+    let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    let id = daemon.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = daemon.cli(&["attach", &id, "lo", "--mode", "drv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.contains("in skb mode") && said.contains("drv mode was requested"),
+        "{said}"
+    );
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(status["attachments"][0]["mode"], "skb");
+    assert_eq!(status["attachments"][0]["requested_mode"], "drv");
+    let programs = daemon.cli_json(&["programs"]);
+    assert_eq!(programs[0]["attachments"][0]["requested_mode"], "drv");
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(health["status"], "degraded", "{health}");
+    let message = health["checks"]["attachments"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("xdp_mode_degraded") && message.contains("lo"),
+        "{message}"
+    );
+    assert!(daemon.log_text().contains("degrading to skb mode"));
+    // A veth has native XDP: no degrade there.
+    let second = daemon.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let on_veth = daemon.cli_json(&["attach", &second, &hosts.if_a, "--mode", "drv"]);
+    assert_eq!(
+        (on_veth["mode"].as_str(), on_veth["requested_mode"].as_str()),
+        (Some("drv"), Some("drv"))
+    );
 }

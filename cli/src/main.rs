@@ -206,6 +206,10 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
             p.id, p.program_type, p.name, p.kernel_id, p.default_mode
         ),
         Response::Attached(a) if as_json => json(a),
+        Response::Attached(a) if a.mode != a.requested_mode => format!(
+            "attached {} to {} in {} mode: {} mode was requested but {} refused it, so it degraded (enable_dynamic_fallback)\n",
+            a.program_id, a.interface, a.mode, a.requested_mode, a.interface
+        ),
         Response::Attached(a) => format!(
             "attached {} to {} ({} mode)\n",
             a.program_id, a.interface, a.mode

@@ -16,7 +16,16 @@ fn attachments_of(p: &ProgramInfo) -> String {
     }
     p.attachments
         .iter()
-        .map(|a| format!("{}({})", a.interface, a.mode))
+        .map(|a| {
+            if a.mode == a.requested_mode {
+                format!("{}({})", a.interface, a.mode)
+            } else {
+                format!(
+                    "{}({}, {} requested)",
+                    a.interface, a.mode, a.requested_mode
+                )
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -43,10 +52,15 @@ pub fn status(s: &Status) -> String {
 fn attachment_table(attachments: &[Attachment]) -> String {
     let mut t = table(&["PROGRAM", "INTERFACE", "MODE", "TYPE"]);
     for a in attachments {
+        let mode = if a.mode == a.requested_mode {
+            a.mode.to_string()
+        } else {
+            format!("{} (degraded from {})", a.mode, a.requested_mode)
+        };
         t.add_row(vec![
             a.program_id.clone(),
             a.interface.clone(),
-            a.mode.to_string(),
+            mode,
             a.program_type.to_string(),
         ]);
     }

@@ -166,6 +166,7 @@ impl Control {
                         .map(|a| InterfaceAttachment {
                             interface: a.interface.clone(),
                             mode: a.mode,
+                            requested_mode: a.requested_mode,
                         })
                         .collect();
                 }
@@ -263,6 +264,9 @@ impl Control {
                         .collect::<Vec<_>>()
                         .join("; "),
                 ),
+                Ok(r) if !r.degraded.is_empty() => {
+                    check(HealthStatus::Degraded, r.degraded.join("; "))
+                }
                 Ok(r) => check(
                     HealthStatus::Healthy,
                     format!("{} attached and present", r.attachments),

@@ -183,6 +183,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         programs_dir: config.programs_dir.clone(),
         state_dir: config.state_dir.clone(),
         pin_root: config.pin_root.clone(),
+        fallback: config.enable_dynamic_fallback,
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),
         firewall,

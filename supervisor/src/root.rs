@@ -23,6 +23,8 @@ pub struct StartupPlan {
     pub programs_dir: std::path::PathBuf,
     pub state_dir: std::path::PathBuf,
     pub pin_root: std::path::PathBuf,
+    /// `enable_dynamic_fallback`: degrade refused driver-mode attaches to skb.
+    pub fallback: bool,
     pub firewall: FirewallSettings,
     /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
     pub auto_attach: Option<(String, AttachMode)>,
@@ -191,6 +193,7 @@ impl RootState {
                 loader,
                 intensity: RestartIntensity::default,
                 state_dir: self.plan.state_dir.clone(),
+                fallback: self.plan.fallback,
             },
             myself.get_cell(),
         )

@@ -64,6 +64,7 @@ async fn tree(
             loader: loader.clone(),
             intensity,
             state_dir: dirs.state.path().to_path_buf(),
+            fallback: true,
         },
     )
     .await
@@ -220,6 +221,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
         programs_dir: std::env::temp_dir(),
         state_dir: dirs.state.path().to_path_buf(),
         pin_root: dirs.pins.clone(),
+        fallback: true,
         firewall: Default::default(),
         auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
     };
