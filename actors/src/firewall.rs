@@ -7,7 +7,8 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key};
 use ebpf_shared::{
     Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
-    MISC_SLOTS, OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps, proto, tables,
+    LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps, proto,
+    tables,
 };
 
 use crate::api::{
@@ -375,6 +376,23 @@ pub fn read_flows(
             evicted: inserts.saturating_sub(entries),
         },
     ))
+}
+
+/// The processing-time histogram: packets per log2-of-nanoseconds bucket, CPUs summed.
+pub fn read_latency(ebpf: &Ebpf) -> Result<Vec<u64>, FirewallError> {
+    let map = ebpf
+        .map(maps::FW_LATENCY)
+        .ok_or(FirewallError::MissingMap(maps::FW_LATENCY))?;
+    let histogram: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err(maps::FW_LATENCY))?;
+    (0..LATENCY_BUCKETS)
+        .map(|b| {
+            histogram
+                .get(&b, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .map_err(map_err(maps::FW_LATENCY))
+        })
+        .collect()
 }
 
 fn map_capacity(map: &Map) -> u32 {

@@ -63,6 +63,10 @@ pub enum LoaderMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
+    /// Each built-in firewall's processing-time histogram (log2 ns buckets, CPUs summed).
+    Latency {
+        reply: RpcReplyPort<Vec<(String, Vec<u64>)>>,
+    },
     /// Removes the pin of a link whose holder is gone, which detaches it.
     ForgetLink {
         program_id: String,
@@ -276,6 +280,21 @@ impl Actor for LoaderActor {
             }
             LoaderMsg::Flows { query, reply } => {
                 let _ = reply.send(state.flows(&query));
+            }
+            LoaderMsg::Latency { reply } => {
+                let histograms = state
+                    .programs
+                    .iter()
+                    .filter(|(_, p)| p.enforces_rules)
+                    .filter_map(|(id, p)| match firewall::read_latency(&p.ebpf) {
+                        Ok(h) => Some((id.clone(), h)),
+                        Err(e) => {
+                            warn!(program_id = %id, error = %e, "reading the latency histogram failed");
+                            None
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(histograms);
             }
             LoaderMsg::ForgetLink {
                 program_id,

@@ -45,6 +45,8 @@ pub struct Config {
     pub enable_dynamic_fallback: bool,
     pub enable_mapek_integration: bool,
     pub prometheus_port: u16,
+    /// Address the metrics endpoint listens on (with `prometheus_port`).
+    pub metrics_bind_address: std::net::IpAddr,
     pub latency_threshold_ms: f64,
     pub monitoring_interval_seconds: f64,
     pub auto_load_programs: bool,
@@ -72,6 +74,7 @@ impl Default for Config {
             enable_dynamic_fallback: true,
             enable_mapek_integration: true,
             prometheus_port: 9090,
+            metrics_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             latency_threshold_ms: 100.0,
             monitoring_interval_seconds: 10.0,
             auto_load_programs: true,

@@ -26,6 +26,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Control {
     pub started: Instant,
     pub root: ActorRef<RootMsg>,
+    /// Why the metrics endpoint is not serving, when it is not (reported by `health`).
+    pub metrics_problem: Option<String>,
 }
 
 impl Control {
@@ -227,6 +229,44 @@ impl Control {
         })
     }
 
+    /// `health`, also when the actors are between restarts (then unhealthy, saying so).
+    pub async fn health_report(&self) -> Health {
+        match children() {
+            Ok((loader, interfaces)) => self.health(&loader, &interfaces).await,
+            Err(e) => {
+                let mut checks = BTreeMap::new();
+                checks.insert(
+                    "supervisor".to_string(),
+                    Check {
+                        status: HealthStatus::Unhealthy,
+                        message: e.message,
+                    },
+                );
+                Health::from_checks(checks)
+            }
+        }
+    }
+
+    /// Restarts so far: (by the root supervisor, of AttachActors).
+    pub async fn restarts(&self) -> (u64, u64) {
+        let root = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
+            reply,
+        })
+        .await
+        .map(|r| r.restarts)
+        .unwrap_or(0);
+        let attach = match children() {
+            Ok((_, interfaces)) => ask(&interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::Verify { reply }
+            })
+            .await
+            .map(|r| r.restarts)
+            .unwrap_or(0),
+            Err(_) => 0,
+        };
+        (root, attach)
+    }
+
     async fn health(
         &self,
         loader: &ActorRef<LoaderMsg>,
@@ -285,6 +325,12 @@ impl Control {
                 None => check(HealthStatus::Healthy, "no actor restarts".into()),
             },
         );
+        if let Some(problem) = &self.metrics_problem {
+            checks.insert(
+                "metrics".to_string(),
+                check(HealthStatus::Degraded, problem.clone()),
+            );
+        }
         Health::from_checks(checks)
     }
 }

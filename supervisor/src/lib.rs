@@ -4,4 +4,5 @@
 pub mod config;
 pub mod control;
 pub mod host;
+pub mod metrics;
 pub mod root;

@@ -202,14 +202,41 @@ async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "x0tta6bl4-ebpfd ready"
     );
+    let metrics_listener = if config.enable_metrics_export {
+        let address =
+            std::net::SocketAddr::new(config.metrics_bind_address, config.prometheus_port);
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(l) => {
+                info!(%address, "metrics on http://{address}/metrics");
+                Ok(Some(l))
+            }
+            Err(e) => {
+                let problem = format!(
+                    "cannot serve metrics on {address}: {e}; set prometheus_port to a free port"
+                );
+                error!("{problem}");
+                Err(problem)
+            }
+        }
+    } else {
+        Ok(None)
+    };
     let control = Control {
         started: Instant::now(),
         root: root.clone(),
+        metrics_problem: metrics_listener.as_ref().err().cloned(),
+    };
+    let metrics = match metrics_listener {
+        Ok(Some(l)) => Some(tokio::spawn(supervisor::metrics::serve(control.clone(), l))),
+        _ => None,
     };
     let server = tokio::spawn(control.serve(listener));
 
     wait_for_signal().await?;
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let keep = config.keep_attached_on_shutdown;
     if keep {
         info!(

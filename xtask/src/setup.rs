@@ -12,8 +12,10 @@ use crate::status;
 const BPF_TOOLCHAIN: &str = include_str!("../../bpf-toolchain");
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// What the tests and the demo use: bpftool (assert kernel state), iproute2 (netns, veth),
-/// iputils-ping (traffic), util-linux (nsenter), procps (sysctl), xdp-tools (the peer).
-const DEBIAN_PACKAGES: [&str; 6] = [
+/// iputils-ping (traffic), util-linux (nsenter), procps (sysctl), xdp-tools (the peer),
+/// prometheus (promtool checks /metrics).
+const DEBIAN_PACKAGES: [&str; 7] = [
+    "prometheus",
     "bpftool",
     "iproute2",
     "iputils-ping",

@@ -1,0 +1,328 @@
+//! `/metrics` (Prometheus text format, built with the `prometheus` crate) and `/health` on
+//! `prometheus_port`. Values are read from the actors at scrape time, so a scrape sees the
+//! kernel's counters as they are; nothing is cached between scrapes.
+
+use std::time::Duration;
+
+use actors::api::{FlowQuery, HealthStatus, ProgramStats, Request, Response};
+use actors::loader::LoaderMsg;
+use actors::rpc::ask;
+use ebpf_shared::LATENCY_BUCKETS;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use ractor::ActorRef;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::control::Control;
+use crate::root::LOADER;
+
+/// A scraper must send its request head within this time, in at most this many bytes.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HEAD_LIMIT: usize = 8 * 1024;
+
+pub async fn serve(control: Control, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let control = control.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(&control, stream).await {
+                        debug!(%peer, error = %e, "metrics client");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a metrics client failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn answer(control: &Control, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let complete = tokio::time::timeout(HEAD_TIMEOUT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < HEAD_LIMIT {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+    if !matches!(complete, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut request_line = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (
+        request_line.next().unwrap_or(""),
+        request_line.next().unwrap_or(""),
+    );
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => match render(control).await {
+            Ok(body) => ("200 OK", prometheus::TEXT_FORMAT, body),
+            Err(e) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                format!("{e}\n"),
+            ),
+        },
+        ("GET", "/health") => {
+            let health = control.health_report().await;
+            let status = match health.status {
+                HealthStatus::Unhealthy => "503 Service Unavailable",
+                _ => "200 OK",
+            };
+            let body = serde_json::to_string_pretty(&health).expect("health serializes") + "\n";
+            (status, "application/json", body)
+        }
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "x0tta6bl4-ebpfd serves /metrics and /health\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+fn counter(pairs: &[(&str, &str)], value: u64) -> Metric {
+    let mut c = Counter::default();
+    c.set_value(value as f64);
+    let mut m = Metric::from_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(value);
+    let mut m = Metric::from_label(labels(pairs));
+    m.set_gauge(g);
+    m
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+/// A Prometheus histogram in microseconds from the kernel's log2-of-nanoseconds buckets
+/// (bucket i counts [2^i, 2^(i+1)) ns). The sum is estimated from bucket midpoints.
+fn latency_histogram(program: &str, buckets: &[u64]) -> Metric {
+    let mut h = Histogram::default();
+    let mut cumulative = 0u64;
+    let mut sum_us = 0.0;
+    let mut out = Vec::with_capacity(buckets.len());
+    for (i, count) in buckets.iter().enumerate() {
+        cumulative += count;
+        sum_us += *count as f64 * 1.5 * (1u64 << i) as f64 / 1000.0;
+        let mut b = Bucket::default();
+        b.set_upper_bound((1u64 << (i + 1)) as f64 / 1000.0);
+        b.set_cumulative_count(cumulative);
+        out.push(b);
+    }
+    h.set_bucket(out);
+    h.set_sample_count(cumulative);
+    h.set_sample_sum(sum_us);
+    let mut m = Metric::from_label(labels(&[("program", program)]));
+    m.set_histogram(h);
+    m
+}
+
+fn interfaces_label(row: &ProgramStats) -> String {
+    row.interfaces.join(",")
+}
+
+async fn render(control: &Control) -> Result<String, actors::api::ApiError> {
+    let programs = match control.dispatch(Request::Programs).await {
+        Response::Programs(p) => p,
+        Response::Error(e) => return Err(e),
+        _ => Vec::new(),
+    };
+    let stats = match control.dispatch(Request::Stats).await {
+        Response::Stats(s) => s,
+        Response::Error(e) => return Err(e),
+        _ => Vec::new(),
+    };
+    let query = FlowQuery {
+        limit: Some(0),
+        ..FlowQuery::default()
+    };
+    let tables = match control.dispatch(Request::Flows(query)).await {
+        Response::Flows(f) => f.tables,
+        _ => Vec::new(),
+    };
+    let latency = match ActorRef::<LoaderMsg>::where_is(LOADER) {
+        Some(loader) => ask(&loader, "LoaderActor", |reply| LoaderMsg::Latency { reply })
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let restarts = control.restarts().await;
+
+    let mut families = vec![family(
+        "ebpf_programs_loaded",
+        "Number of loaded eBPF programs",
+        MetricType::GAUGE,
+        vec![gauge(&[], programs.len() as f64)],
+    )];
+    let mut processed = Vec::new();
+    let mut dropped = Vec::new();
+    for row in &stats {
+        let Some(c) = &row.counters else { continue };
+        let interface = interfaces_label(row);
+        let base = [
+            ("interface", interface.as_str()),
+            ("program", row.program_id.as_str()),
+        ];
+        processed.push(counter(&base, c.processed_packets));
+        for (reason, n) in &c.dropped_by_reason {
+            dropped.push(counter(
+                &[base[0], base[1], ("reason", reason.as_str())],
+                *n,
+            ));
+        }
+    }
+    families.push(family(
+        "ebpf_packets_processed_total",
+        "Total packets processed",
+        MetricType::COUNTER,
+        processed,
+    ));
+    families.push(family(
+        "ebpf_packets_dropped_total",
+        "Total packets dropped, by reason",
+        MetricType::COUNTER,
+        dropped,
+    ));
+    families.push(family(
+        "ebpf_flows_active",
+        "Number of active network flows in the kernel flow table",
+        MetricType::GAUGE,
+        tables
+            .iter()
+            .map(|t| gauge(&[("program", t.program_id.as_str())], t.entries as f64))
+            .collect(),
+    ));
+    families.push(family(
+        "ebpf_flows_lost_total",
+        "Flows lost to table pressure (pushed out by the LRU, or not inserted)",
+        MetricType::COUNTER,
+        tables
+            .iter()
+            .map(|t| {
+                counter(
+                    &[("program", t.program_id.as_str())],
+                    t.evicted + t.insert_failures,
+                )
+            })
+            .collect(),
+    ));
+    families.push(family(
+        "ebpf_errors_total",
+        "Total number of errors, by kind",
+        MetricType::COUNTER,
+        vec![counter(
+            &[("kind", "flow_insert")],
+            tables.iter().map(|t| t.insert_failures).sum(),
+        )],
+    ));
+    families.push(family(
+        "ebpf_latency_microseconds",
+        "Per-packet processing time in the firewall, entry to verdict (one packet in 64 is timed)",
+        MetricType::HISTOGRAM,
+        latency
+            .iter()
+            .filter(|(_, b)| b.len() == LATENCY_BUCKETS as usize)
+            .map(|(program, buckets)| latency_histogram(program, buckets))
+            .collect(),
+    ));
+    let mut modes = Vec::new();
+    for p in &programs {
+        for a in &p.attachments {
+            modes.push(gauge(
+                &[
+                    ("interface", a.interface.as_str()),
+                    ("program", p.id.as_str()),
+                    ("mode", a.mode.as_str()),
+                    ("requested_mode", a.requested_mode.as_str()),
+                ],
+                1.0,
+            ));
+        }
+    }
+    families.push(family(
+        "ebpf_attach_mode",
+        "1 for the mode each attachment runs in (requested_mode differs when it degraded)",
+        MetricType::GAUGE,
+        modes,
+    ));
+    families.push(family(
+        "ebpf_supervisor_restarts_total",
+        "Actor restarts by the supervisors since the daemon started",
+        MetricType::COUNTER,
+        vec![
+            counter(&[("actor", "loader_or_interface_supervisor")], restarts.0),
+            counter(&[("actor", "attach_actor")], restarts.1),
+        ],
+    ));
+    families.retain(|f| !f.get_metric().is_empty());
+    prometheus::TextEncoder::new()
+        .encode_to_string(&families)
+        .map_err(|e| actors::api::ApiError::new(actors::api::ErrorKind::Internal, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_nanosecond_buckets_become_a_microsecond_histogram() {
+        let mut buckets = vec![0u64; LATENCY_BUCKETS as usize];
+        buckets[4] = 3; // [16, 32) ns
+        buckets[10] = 1; // [1024, 2048) ns
+        let m = latency_histogram("fw-1", &buckets);
+        let h = m.get_histogram();
+        assert_eq!(h.get_sample_count(), 4);
+        let b = h.get_bucket();
+        assert_eq!(b[4].upper_bound(), 0.032);
+        assert_eq!(b[4].cumulative_count(), 3);
+        assert_eq!(b[9].cumulative_count(), 3);
+        assert_eq!(b[10].cumulative_count(), 4);
+        assert!((h.get_sample_sum() - (3.0 * 0.024 + 1.536)).abs() < 1e-9);
+    }
+}
