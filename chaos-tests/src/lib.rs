@@ -421,6 +421,28 @@ impl Daemon {
             .expect("run x0tta6bl4-ebpf")
     }
 
+    /// Waits (up to 10 s) until some program is attached, e.g. by the startup plan; returns
+    /// `programs --json`.
+    pub fn wait_attached(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let programs = self.cli_json(&["programs"]);
+            let attached = programs.as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["attachments"].as_array().is_some_and(|a| !a.is_empty()))
+            });
+            if attached {
+                return programs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing was attached within 10s:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs the CLI, asserts success, and parses its `--json` output.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();

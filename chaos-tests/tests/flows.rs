@@ -15,19 +15,7 @@ fn flows_count_exactly_what_was_sent_and_filter_like_hubble() {
         hosts.if_a
     );
     let daemon = Daemon::start(&hosts.a, &config);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.cli_json(&["status"])["attachments"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not attached:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_attached();
     hosts.send_udp(allowed, 5000, 40, 100);
     hosts.send_udp(allowed, 5001, 25, 300);
     hosts.send_udp(denied, 5000, 15, 50);
@@ -128,19 +116,7 @@ fn flows_can_be_turned_off() {
             hosts.if_a
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.cli_json(&["status"])["attachments"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not attached:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_attached();
     hosts.send_udp(hosts.ips_b[0], 7, 5, 10);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(daemon.cli_json(&["flows"]), Value::Array(vec![]));

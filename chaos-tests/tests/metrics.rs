@@ -35,19 +35,7 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
         hosts.if_a
     );
     let daemon = Daemon::start(&hosts.a, &config);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.cli_json(&["status"])["attachments"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "not attached:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_attached();
     hosts.send_udp(denied, 53, 12, 20);
     hosts.send_udp(allowed, 53, 5, 20);
     let dropped = format!(

@@ -37,25 +37,6 @@ fn wait_counters(daemon: &Daemon, dropped: u64) -> Value {
     }
 }
 
-fn wait_attached(daemon: &Daemon) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let p = daemon.cli_json(&["programs"]);
-        if p[0]["attachments"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing attached:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
     let hosts = TwoHosts::new();
@@ -65,7 +46,7 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         hosts.if_a
     );
     let mut daemon = Daemon::start(&hosts.a, &config);
-    let before = wait_attached(&daemon);
+    let before = daemon.wait_attached();
     let kernel_id = before[0]["kernel_id"].as_u64().unwrap();
     let links = links_of(kernel_id);
     assert_eq!(links.len(), 1, "one bpf_link");
@@ -101,7 +82,7 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
 
     // The next daemon adopts what it finds: same id, same link, counters carry on.
     daemon.start_again(&hosts.a);
-    let after = wait_attached(&daemon);
+    let after = daemon.wait_attached();
     assert_eq!(after[0]["id"], before[0]["id"], "the same program id");
     assert_eq!(after[0]["attachments"], before[0]["attachments"]);
     let new_kernel_id = after[0]["kernel_id"].as_u64().unwrap();
@@ -167,7 +148,7 @@ fn keep_attached_on_shutdown_hands_the_firewall_to_the_next_start() {
         hosts.if_a
     );
     let mut daemon = Daemon::start(&hosts.a, &config);
-    let before = wait_attached(&daemon);
+    let before = daemon.wait_attached();
     let links = links_of(before[0]["kernel_id"].as_u64().unwrap());
     hosts.send_udp(denied, 7000, 6, 50);
     assert_eq!(wait_counters(&daemon, 6)["dropped_packets"], 6);
@@ -178,7 +159,7 @@ fn keep_attached_on_shutdown_hands_the_firewall_to_the_next_start() {
         "still filtering between the two daemons"
     );
     daemon.start_again(&hosts.a);
-    let after = wait_attached(&daemon);
+    let after = daemon.wait_attached();
     assert_eq!(after[0]["id"], before[0]["id"]);
     assert_eq!(links_of(after[0]["kernel_id"].as_u64().unwrap()), links);
     assert_eq!(wait_counters(&daemon, 8)["dropped_packets"], 8);

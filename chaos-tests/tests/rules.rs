@@ -19,22 +19,6 @@ fn dropped_by_rules(daemon: &Daemon, at_least: u64) -> u64 {
     }
 }
 
-fn wait_attached(daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while daemon.cli_json(&["status"])["attachments"]
-        .as_array()
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the firewall was not attached at start:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
     let hosts = TwoHosts::new();
@@ -43,7 +27,7 @@ fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
         hosts.if_a
     );
     let mut daemon = Daemon::start(&hosts.a, &config);
-    wait_attached(&daemon);
+    daemon.wait_attached();
     let [allowed, denied] = hosts.ips_b;
     let (allowed_s, denied_s, a_s) = (
         allowed.to_string(),
@@ -166,7 +150,7 @@ fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
 
     // The rule set is saved in the state dir and comes back after a restart.
     daemon.restart(&hosts.a);
-    wait_attached(&daemon);
+    daemon.wait_attached();
     assert_eq!(daemon.cli_json(&["rules", "list"]), before);
     hosts.send_udp(allowed, 1234, 3, 10);
     assert_eq!(
@@ -187,7 +171,7 @@ fn a_rule_set_larger_than_one_frame_is_applied_in_one_step() {
         hosts.if_a
     );
     let daemon = Daemon::start(&hosts.a, &config);
-    wait_attached(&daemon);
+    daemon.wait_attached();
     // 9,999 rules that match nothing here, then the one that matters, in the last chunk.
     let mut rules: Vec<String> = (0..9_999)
         .map(|i| {
