@@ -128,3 +128,86 @@ fn a_taken_metrics_port_is_reported_not_fatal() {
     );
     drop(blocker);
 }
+
+/// A Prometheus server, started by the test inside a namespace on loopback with a temporary
+/// config and storage; killed (and its files removed) on drop.
+struct PrometheusServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(ns: &NetNs, target: u16, port: u16) -> PrometheusServer {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: x0tta6bl4\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let child = ns
+        .command("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus; `cargo xtask setup` installs it)");
+    PrometheusServer { child, _dir: dir }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_promql_returns_the_drops() {
+    let hosts = TwoHosts::new();
+    let denied = hosts.ips_b[1];
+    let config = format!(
+        "interface = \"{}\"\nprometheus_port = 9467\nmetrics_bind_address = \"127.0.0.1\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    daemon.wait_attached();
+    hosts.send_udp(denied, 53, 21, 20);
+    let _prometheus = start_prometheus(&hosts.a, 9467, 9468);
+    let query =
+        "GET /api/v1/query?query=sum(ebpf_packets_dropped_total%7Breason%3D%22rule%22%7D) HTTP/1.0";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = hosts.a.within(|| -> Option<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", 9468)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(s, "{query}\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+            let mut response = String::new();
+            s.read_to_string(&mut response).ok()?;
+            Some(response.split_once("\r\n\r\n")?.1.to_string())
+        });
+        if let Some(body) = answer
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(
+                body.trim_start_matches(|c: char| c.is_ascii_hexdigit() || c.is_whitespace()),
+            )
+            && let Some(value) = v["data"]["result"][0]["value"][1].as_str()
+        {
+            assert_eq!(
+                value, "21",
+                "PromQL sees the 21 packets the test had dropped: {v}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape the daemon within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
