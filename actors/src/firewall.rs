@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key};
 use ebpf_shared::{
-    Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
-    LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps, proto,
-    tables,
+    Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowKeyV4, FlowTableStats,
+    FlowValue, LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps,
+    proto, tables,
 };
 
 use crate::api::{
@@ -324,35 +324,42 @@ pub fn read_flows(
     ebpf: &Ebpf,
     program_id: &str,
 ) -> Result<(Vec<FlowRecord>, FlowTable), FirewallError> {
-    let map = ebpf
-        .map(maps::FW_FLOWS)
-        .ok_or(FirewallError::MissingMap(maps::FW_FLOWS))?;
-    let capacity = map_capacity(map);
-    let table: PerCpuHashMap<&MapData, FlowKey, FlowValue> =
-        PerCpuHashMap::try_from(map).map_err(map_err(maps::FW_FLOWS))?;
     let clock = MonotonicToWall::now();
     let mut records = Vec::new();
+    let v4 = ebpf
+        .map(maps::FW_FLOWS4)
+        .ok_or(FirewallError::MissingMap(maps::FW_FLOWS4))?;
+    let capacity = map_capacity(v4);
+    let table: PerCpuHashMap<&MapData, FlowKeyV4, FlowValue> =
+        PerCpuHashMap::try_from(v4).map_err(map_err(maps::FW_FLOWS4))?;
     for entry in table.iter() {
         // An entry the LRU evicts between listing and reading is simply gone.
-        let Ok((key, per_cpu)) = entry else { continue };
-        let mut total = FlowValue {
-            first_seen_ns: u64::MAX,
-            ..FlowValue::default()
+        let Ok((k, per_cpu)) = entry else { continue };
+        let key = FlowKey {
+            src: [k.src, 0, 0, 0],
+            dst: [k.dst, 0, 0, 0],
+            source_port: k.source_port,
+            dest_port: k.dest_port,
+            ifindex: k.ifindex,
+            protocol: k.protocol,
+            family: 4,
+            direction: k.direction,
+            _pad: 0,
         };
-        for v in per_cpu.iter().filter(|v| v.packets > 0) {
-            total.packets += v.packets;
-            total.bytes += v.bytes;
-            total.first_seen_ns = total.first_seen_ns.min(v.first_seen_ns);
-            if v.last_seen_ns >= total.last_seen_ns {
-                total.last_seen_ns = v.last_seen_ns;
-                total.outcome = v.outcome;
-            }
-            total.tcp_flags |= v.tcp_flags;
+        if let Some(total) = combine(per_cpu.iter()) {
+            records.push(flow_record(&key, &total, program_id, &clock));
         }
-        if total.packets == 0 {
-            continue;
+    }
+    let v6 = ebpf
+        .map(maps::FW_FLOWS)
+        .ok_or(FirewallError::MissingMap(maps::FW_FLOWS))?;
+    let table: PerCpuHashMap<&MapData, FlowKey, FlowValue> =
+        PerCpuHashMap::try_from(v6).map_err(map_err(maps::FW_FLOWS))?;
+    for entry in table.iter() {
+        let Ok((key, per_cpu)) = entry else { continue };
+        if let Some(total) = combine(per_cpu.iter()) {
+            records.push(flow_record(&key, &total, program_id, &clock));
         }
-        records.push(flow_record(&key, &total, program_id, &clock));
     }
     let stats_map = ebpf
         .map(maps::FW_FLOW_STATS)
@@ -393,6 +400,25 @@ pub fn read_latency(ebpf: &Ebpf) -> Result<Vec<u64>, FirewallError> {
                 .map_err(map_err(maps::FW_LATENCY))
         })
         .collect()
+}
+
+/// One flow from its CPUs' shares; `None` when no CPU has a packet of it.
+fn combine<'a>(per_cpu: impl Iterator<Item = &'a FlowValue>) -> Option<FlowValue> {
+    let mut total = FlowValue {
+        first_seen_ns: u64::MAX,
+        ..FlowValue::default()
+    };
+    for v in per_cpu.filter(|v| v.packets > 0) {
+        total.packets += v.packets;
+        total.bytes += v.bytes;
+        total.first_seen_ns = total.first_seen_ns.min(v.first_seen_ns);
+        if v.last_seen_ns >= total.last_seen_ns {
+            total.last_seen_ns = v.last_seen_ns;
+            total.outcome = v.outcome;
+        }
+        total.tcp_flags |= v.tcp_flags;
+    }
+    (total.packets > 0).then_some(total)
 }
 
 fn map_capacity(map: &Map) -> u32 {

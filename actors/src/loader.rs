@@ -810,6 +810,7 @@ impl LoaderState {
         if wanted_program == Some("xdp_firewall") {
             loader
                 .override_global(ebpf_shared::globals::FLOWS_ENABLED, &flows_enabled, true)
+                .map_max_entries(ebpf_shared::maps::FW_FLOWS4, self.firewall.flow_table_size)
                 .map_max_entries(ebpf_shared::maps::FW_FLOWS, self.firewall.flow_table_size);
         }
         let mut ebpf = loader.load(&bytes).map_err(|e| {

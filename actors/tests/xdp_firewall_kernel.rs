@@ -103,6 +103,7 @@ fn load_firewall(flows: Option<u32>) -> Fw {
     if let Some(size) = flows {
         loader
             .override_global(ebpf_shared::globals::FLOWS_ENABLED, &enabled, true)
+            .map_max_entries(ebpf_shared::maps::FW_FLOWS4, size)
             .map_max_entries(ebpf_shared::maps::FW_FLOWS, size);
     }
     let mut ebpf = loader

@@ -25,7 +25,7 @@ mod program {
     use ebpf_kern::{Malformed, Packet, highest_bit, lowest_bit, parse};
     use ebpf_shared::{
         Counter, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES,
-        FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowTableStats, FlowValue,
+        FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowKeyV4, FlowTableStats, FlowValue,
         LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES,
         Outcome, PORTS, RULE_WORDS, RuleSetHeader, action, field, proto, tables,
     };
@@ -38,6 +38,9 @@ mod program {
     #[map]
     static FW_STATS: PerCpuArray<Counter> = PerCpuArray::pinned(OUTCOMES, 0);
     /// Sized at load (`flow_table_size`); per CPU, so updates need no atomics.
+    #[map]
+    static FW_FLOWS4: LruPerCpuHashMap<FlowKeyV4, FlowValue> =
+        LruPerCpuHashMap::pinned(FLOW_TABLE_DEFAULT_SIZE, 0);
     #[map]
     static FW_FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
         LruPerCpuHashMap::pinned(FLOW_TABLE_DEFAULT_SIZE, 0);
@@ -353,22 +356,49 @@ mod program {
         }
     }
 
-    /// Adds the packet to its flow: update this CPU's slot in place when the flow is known,
-    /// insert only when it is not (an LRU update costs about ten lookups).
+    /// Adds the packet to its flow, in the table of its IP family.
     #[inline(always)]
     fn account(p: &Packet, ifindex: u32, len: u64, outcome: Outcome, now: u64) {
-        let key = FlowKey {
-            src: p.src,
-            dst: p.dst,
-            source_port: p.source_port,
-            dest_port: p.dest_port,
-            ifindex,
-            protocol: p.protocol,
-            family: if p.v6 { 6 } else { 4 },
-            direction: 0,
-            _pad: 0,
-        };
-        if let Some(v) = FW_FLOWS.get_ptr_mut(&key) {
+        if p.v6 {
+            let key = FlowKey {
+                src: p.src,
+                dst: p.dst,
+                source_port: p.source_port,
+                dest_port: p.dest_port,
+                ifindex,
+                protocol: p.protocol,
+                family: 6,
+                direction: 0,
+                _pad: 0,
+            };
+            account_in(&FW_FLOWS, &key, p.tcp_flags, len, outcome, now);
+        } else {
+            let key = FlowKeyV4 {
+                src: p.src[0],
+                dst: p.dst[0],
+                source_port: p.source_port,
+                dest_port: p.dest_port,
+                ifindex,
+                protocol: p.protocol,
+                direction: 0,
+                _pad: 0,
+            };
+            account_in(&FW_FLOWS4, &key, p.tcp_flags, len, outcome, now);
+        }
+    }
+
+    /// Updates this CPU's slot of the flow in place when the flow is known; inserts only when
+    /// it is not (an LRU update costs about ten lookups).
+    #[inline(always)]
+    fn account_in<K>(
+        table: &LruPerCpuHashMap<K, FlowValue>,
+        key: &K,
+        tcp_flags: u8,
+        len: u64,
+        outcome: Outcome,
+        now: u64,
+    ) {
+        if let Some(v) = table.get_ptr_mut(key) {
             // SAFETY: this CPU's slot of the flow; only this CPU writes it.
             let v = unsafe { &mut *v };
             if v.packets == 0 {
@@ -378,7 +408,7 @@ mod program {
             v.packets += 1;
             v.bytes += len;
             v.last_seen_ns = now;
-            v.tcp_flags |= p.tcp_flags as u32;
+            v.tcp_flags |= tcp_flags as u32;
             v.outcome = outcome as u32;
             return;
         }
@@ -387,10 +417,10 @@ mod program {
             bytes: len,
             first_seen_ns: now,
             last_seen_ns: now,
-            tcp_flags: p.tcp_flags as u32,
+            tcp_flags: tcp_flags as u32,
             outcome: outcome as u32,
         };
-        let inserted = FW_FLOWS.insert(&key, &value, BPF_NOEXIST as u64).is_ok();
+        let inserted = table.insert(key, &value, BPF_NOEXIST as u64).is_ok();
         if let Some(s) = FW_FLOW_STATS.get_ptr_mut(0) {
             // SAFETY: a per-CPU slot.
             let s = unsafe { &mut *s };
