@@ -121,6 +121,17 @@ pub enum Request {
     Health,
     Rules(RulesRequest),
     Flows(FlowQuery),
+    Debug(DebugRequest),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum DebugRequest {
+    /// Sets the daemon's log filter (`tracing` syntax, e.g. `debug`, `actors=trace`); `None`
+    /// goes back to the level it started with.
+    LogLevel(Option<String>),
+    /// Makes an actor panic, to watch its supervisor repair it: `loader`, `interfaces`, or
+    /// `attach:IFACE`. Refused unless the daemon runs with `--enable-fault-injection`.
+    Crash(String),
 }
 
 /// Which flows to list; every filter given must match.
@@ -316,13 +327,17 @@ pub enum Response {
     Loaded(ProgramInfo),
     Attached(Attachment),
     Detached(Attachment),
-    Unloaded { program_id: String },
+    Unloaded {
+        program_id: String,
+    },
     Programs(Vec<ProgramInfo>),
     Stats(Vec<ProgramStats>),
     Health(Health),
     Rules(RuleSet),
     Explained(Explanation),
     Flows(FlowList),
+    /// A debug request was carried out; the text says what happened.
+    Done(String),
     Error(ApiError),
 }
 

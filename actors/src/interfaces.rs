@@ -44,6 +44,8 @@ pub enum InterfacesMsg {
     Verify {
         reply: RpcReplyPort<SupervisionReport>,
     },
+    /// Fault injection: makes the supervisor itself panic.
+    Crash,
     /// Fault injection: makes the interface's AttachActor panic.
     CrashChild {
         interface: String,
@@ -74,6 +76,7 @@ pub struct InterfacesState {
     make_intensity: fn() -> RestartIntensity,
     state_dir: std::path::PathBuf,
     fallback: bool,
+    on_restart: std::sync::Arc<dyn Fn() + Send + Sync>,
 }
 
 pub struct InterfaceSupervisor;
@@ -86,6 +89,8 @@ pub struct InterfacesArgs {
     pub intensity: fn() -> RestartIntensity,
     /// Where the attachments are saved (and restored from at start).
     pub state_dir: std::path::PathBuf,
+    /// Told of every AttachActor restart, so that the count outlives this supervisor.
+    pub on_restart: std::sync::Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The attachments as saved in the state dir.
@@ -111,6 +116,7 @@ impl Actor for InterfaceSupervisor {
             make_intensity: args.intensity,
             state_dir: args.state_dir,
             fallback: args.fallback,
+            on_restart: args.on_restart,
         })
     }
 
@@ -241,6 +247,7 @@ impl Actor for InterfaceSupervisor {
                 }
                 let _ = reply.send(report);
             }
+            InterfacesMsg::Crash => panic!("fault injected into InterfaceSupervisor"),
             InterfacesMsg::CrashChild { interface, reply } => {
                 let result = match state.children.get(&interface) {
                     Some(child) => child
@@ -310,6 +317,7 @@ impl Actor for InterfaceSupervisor {
             return Ok(());
         }
         state.restarts += 1;
+        (state.on_restart)();
         for (program_id, attachment) in wanted {
             // The links are pinned, so the programs stayed attached while the actor died; the
             // loader adopts the pins for the new actor. Should a pin be gone, the attach is

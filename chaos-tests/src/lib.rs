@@ -317,6 +317,8 @@ pub fn binary(name: &str) -> PathBuf {
 /// Dropping it sends SIGTERM (then SIGKILL) and removes its files.
 pub struct Daemon {
     child: Option<Child>,
+    /// Extra command-line flags, kept for restarts.
+    args: Vec<String>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub pin_root: PathBuf,
@@ -326,6 +328,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon in `ns` with `extra_config` appended to a config that sets every path.
     pub fn start(ns: &NetNs, extra_config: &str) -> Daemon {
+        Daemon::start_with_flags(ns, extra_config, &[])
+    }
+
+    /// As `start`, with extra command-line flags (e.g. `--enable-fault-injection`).
+    pub fn start_with_flags(ns: &NetNs, extra_config: &str, flags: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("x0t-daemon")
             .tempdir()
@@ -348,6 +355,7 @@ impl Daemon {
         std::fs::create_dir_all(dir.path().join("programs")).unwrap();
         let mut daemon = Daemon {
             child: None,
+            args: flags.iter().map(|f| f.to_string()).collect(),
             dir,
             socket,
             pin_root,
@@ -379,6 +387,7 @@ impl Daemon {
             .command(binary("x0tta6bl4-ebpfd").to_str().unwrap())
             .arg("--config")
             .arg(self.dir.path().join("ebpf.toml"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actors::api::{AttachMode, Request, Response};
+use actors::api::{AttachMode, DebugRequest, Request, Response};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -93,8 +93,33 @@ enum Command {
         #[command(subcommand)]
         command: rules::RulesCommand,
     },
+    /// Change the daemon's logging at run time, or inject a fault (`debug crash ACTOR`).
+    Debug(DebugArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DebugArgs {
+    /// Turn debug logging on (or the level --log-level gives).
+    #[arg(long, conflicts_with = "disable")]
+    enable: bool,
+    /// Back to the log level the daemon started with.
+    #[arg(long)]
+    disable: bool,
+    /// trace, debug, info, warn, error, or a tracing filter (`actors=trace`).
+    #[arg(long, requires = "enable")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    action: Option<DebugAction>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugAction {
+    /// Make an actor panic, to watch its supervisor repair it (the daemon must run with
+    /// --enable-fault-injection): loader, interfaces, attach:IFACE.
+    Crash { actor: String },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +169,19 @@ fn main() -> ExitCode {
         Command::Stats => Request::Stats,
         Command::Health => Request::Health,
         Command::Flows(ref args) => Request::Flows(args.query()),
+        Command::Debug(ref d) => match (&d.action, d.enable, d.disable) {
+            (Some(DebugAction::Crash { actor }), _, _) => {
+                Request::Debug(DebugRequest::Crash(actor.clone()))
+            }
+            (None, true, _) => Request::Debug(DebugRequest::LogLevel(Some(
+                d.log_level.clone().unwrap_or_else(|| "debug".into()),
+            ))),
+            (None, false, true) => Request::Debug(DebugRequest::LogLevel(None)),
+            (None, false, false) => {
+                eprintln!("x0tta6bl4-ebpf: debug needs --enable, --disable or `crash ACTOR`");
+                return ExitCode::from(2);
+            }
+        },
         Command::Rules { ref command } => match rules::request(command) {
             Ok(r) => Request::Rules(r),
             Err(message) => {
@@ -232,6 +270,8 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
         Response::Explained(e) => rules::render_explanation(e),
         Response::Flows(f) if as_json => json(&f.flows),
         Response::Flows(f) => flows::render(f),
+        Response::Done(what) if as_json => json(&serde_json::json!({ "done": what })),
+        Response::Done(what) => format!("{what}\n"),
     };
     print!("{out}");
     Ok(())
@@ -412,6 +452,22 @@ mod tests {
                 .contains("expected a JSON list")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_verbs_parse_as_the_original_design_writes_them() {
+        let cli = parse(&["debug", "--enable", "--log-level", "DEBUG"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Debug(DebugArgs { enable: true, .. })
+        ));
+        assert!(parse(&["debug", "--disable"]).is_ok());
+        assert!(parse(&["debug", "crash", "attach:eth0"]).is_ok());
+        assert!(parse(&["debug", "--enable", "--disable"]).is_err());
+        assert!(
+            parse(&["debug", "--log-level", "info"]).is_err(),
+            "--log-level needs --enable"
+        );
     }
 
     #[test]

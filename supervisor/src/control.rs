@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actors::api::{
-    self, ApiError, Attachment, Check, ErrorKind, Health, HealthStatus, InterfaceAttachment,
-    PacketCounters, ProgramStats, Request, Response, RulesRequest, Status,
+    self, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
+    InterfaceAttachment, PacketCounters, ProgramStats, Request, Response, RulesRequest, Status,
 };
 use actors::interfaces::InterfacesMsg;
 use actors::loader::LoaderMsg;
@@ -28,6 +28,12 @@ pub struct Control {
     pub root: ActorRef<RootMsg>,
     /// Why the metrics endpoint is not serving, when it is not (reported by `health`).
     pub metrics_problem: Option<String>,
+    /// Sets the log filter at run time (`debug --enable --log-level`); `None` restores the
+    /// filter the daemon started with.
+    pub set_log_filter:
+        std::sync::Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>,
+    /// `--enable-fault-injection`: `debug crash` is allowed.
+    pub fault_injection: bool,
 }
 
 impl Control {
@@ -186,6 +192,23 @@ impl Control {
                 })
                 .await??,
             ),
+            Request::Debug(DebugRequest::LogLevel(level)) => {
+                let applied = (self.set_log_filter)(level.as_deref())
+                    .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e))?;
+                Response::Done(format!("log filter is now {applied:?}"))
+            }
+            Request::Debug(DebugRequest::Crash(actor)) => {
+                if !self.fault_injection {
+                    return Err(ApiError::new(
+                        ErrorKind::PermissionDenied,
+                        "fault injection is off: start x0tta6bl4-ebpfd with --enable-fault-injection to use `debug crash`",
+                    ));
+                }
+                self.crash(&actor, &loader, &interfaces).await?;
+                Response::Done(format!(
+                    "{actor} was made to panic; its supervisor restarts it"
+                ))
+            }
             Request::Flows(query) => Response::Flows(
                 ask(&loader, "LoaderActor", |reply| LoaderMsg::Flows {
                     query,
@@ -229,6 +252,38 @@ impl Control {
         })
     }
 
+    async fn crash(
+        &self,
+        actor: &str,
+        loader: &ActorRef<LoaderMsg>,
+        interfaces: &ActorRef<InterfacesMsg>,
+    ) -> Result<(), ApiError> {
+        let unreachable = |e: String| ApiError::new(ErrorKind::Internal, e);
+        match actor {
+            "loader" => loader
+                .cast(LoaderMsg::Crash)
+                .map_err(|e| unreachable(e.to_string())),
+            "interfaces" => interfaces
+                .cast(InterfacesMsg::Crash)
+                .map_err(|e| unreachable(e.to_string())),
+            other => match other.strip_prefix("attach:") {
+                Some(interface) => {
+                    ask(interfaces, "InterfaceSupervisor", |reply| {
+                        InterfacesMsg::CrashChild {
+                            interface: interface.to_string(),
+                            reply,
+                        }
+                    })
+                    .await?
+                }
+                None => Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("no actor {other:?}: use loader, interfaces or attach:IFACE"),
+                )),
+            },
+        }
+    }
+
     /// `health`, also when the actors are between restarts (then unhealthy, saying so).
     pub async fn health_report(&self) -> Health {
         match children() {
@@ -247,24 +302,14 @@ impl Control {
         }
     }
 
-    /// Restarts so far: (by the root supervisor, of AttachActors).
+    /// Restarts so far: (of the root's children, of AttachActors).
     pub async fn restarts(&self) -> (u64, u64) {
-        let root = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
+        ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
             reply,
         })
         .await
-        .map(|r| r.restarts)
-        .unwrap_or(0);
-        let attach = match children() {
-            Ok((_, interfaces)) => ask(&interfaces, "InterfaceSupervisor", |reply| {
-                InterfacesMsg::Verify { reply }
-            })
-            .await
-            .map(|r| r.restarts)
-            .unwrap_or(0),
-            Err(_) => 0,
-        };
-        (root, attach)
+        .map(|r| (r.restarts, r.attach_restarts))
+        .unwrap_or((0, 0))
     }
 
     async fn health(
@@ -313,7 +358,7 @@ impl Control {
                 ),
             },
         );
-        let restarts = report.restarts + verified.as_ref().map(|r| r.restarts).unwrap_or(0);
+        let restarts = report.restarts + report.attach_restarts;
         checks.insert(
             "supervisor".to_string(),
             match &report.gave_up {

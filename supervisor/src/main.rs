@@ -51,6 +51,9 @@ struct Args {
     /// Overrides `auto_load_programs`.
     #[arg(long)]
     auto_load_programs: Option<bool>,
+    /// Accept `debug crash ACTOR` (for the chaos harness and for trying self-healing).
+    #[arg(long)]
+    enable_fault_injection: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let _log_guard = init_logging(&config);
+    let (_log_guard, set_log_filter) = init_logging(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, set_log_filter, args.enable_fault_injection)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -124,12 +127,20 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+type SetLogFilter = std::sync::Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 /// Logs go to stderr and to `log_file` (rotated daily). A log file that cannot be opened is
-/// reported and skipped: the daemon still runs.
-fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter =
-        EnvFilter::try_from_env("X0TTA6BL4_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// reported and skipped: the daemon still runs. Returns a way to change the filter at run time.
+fn init_logging(
+    config: &Config,
+) -> (
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+    SetLogFilter,
+) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*, reload};
+    let initial = std::env::var("X0TTA6BL4_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let dir = config
         .log_file
         .parent()
@@ -169,10 +180,35 @@ fn init_logging(config: &Config) -> Option<tracing_appender::non_blocking::Worke
     if let Some(e) = problem {
         tracing::warn!(log_file = %config.log_file.display(), error = %e, "logging to stderr only");
     }
-    guard
+    let set: SetLogFilter = std::sync::Arc::new(move |level: Option<&str>| {
+        let wanted = match level {
+            // The original design writes `--log-level DEBUG`.
+            Some(l)
+                if ["trace", "debug", "info", "warn", "error"]
+                    .contains(&l.to_ascii_lowercase().as_str()) =>
+            {
+                l.to_ascii_lowercase()
+            }
+            Some(l) => l.to_string(),
+            None => initial.clone(),
+        };
+        let parsed = EnvFilter::try_new(&wanted).map_err(|e| {
+            format!("{wanted:?} is not a log filter ({e}): use trace, debug, info, warn or error")
+        })?;
+        handle
+            .modify(|f| *f = parsed)
+            .map_err(|e| format!("changing the log filter: {e}"))?;
+        tracing::info!(filter = %wanted, "log filter changed");
+        Ok(wanted)
+    });
+    (guard, set)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    set_log_filter: SetLogFilter,
+    fault_injection: bool,
+) -> anyhow::Result<()> {
     host::check_privileges()?;
     actors::sys::ensure_pin_root(&config.pin_root).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.state_dir)
@@ -225,6 +261,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         started: Instant::now(),
         root: root.clone(),
         metrics_problem: metrics_listener.as_ref().err().cloned(),
+        set_log_filter,
+        fault_injection,
     };
     let metrics = match metrics_listener {
         Ok(Some(l)) => Some(tokio::spawn(supervisor::metrics::serve(control.clone(), l))),

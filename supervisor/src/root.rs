@@ -35,12 +35,17 @@ pub enum RootMsg {
     Report { reply: RpcReplyPort<RootReport> },
     /// Runs the startup plan (sent to itself after start and after restarts).
     RunPlan,
+    /// The InterfaceSupervisor restarted an AttachActor.
+    AttachActorRestarted,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RootReport {
     pub startup_error: Option<String>,
+    /// Restarts of the root's children (LoaderActor, InterfaceSupervisor).
     pub restarts: u64,
+    /// Restarts of AttachActors, counted here so that they survive their supervisor's own.
+    pub attach_restarts: u64,
     pub gave_up: Option<String>,
 }
 
@@ -94,6 +99,7 @@ impl Actor for RootSupervisor {
             RootMsg::Report { reply } => {
                 let _ = reply.send(state.report.clone());
             }
+            RootMsg::AttachActorRestarted => state.report.attach_restarts += 1,
             RootMsg::RunPlan => {
                 state.report.startup_error = state.run_plan().await.err().map(|e| e.message);
             }
@@ -194,6 +200,12 @@ impl RootState {
                 intensity: RestartIntensity::default,
                 state_dir: self.plan.state_dir.clone(),
                 fallback: self.plan.fallback,
+                on_restart: {
+                    let root = myself.clone();
+                    std::sync::Arc::new(move || {
+                        let _ = root.cast(RootMsg::AttachActorRestarted);
+                    })
+                },
             },
             myself.get_cell(),
         )

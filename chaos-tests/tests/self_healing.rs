@@ -1,0 +1,110 @@
+//! Self-healing watched from outside: faults injected through the real CLI
+//! (`debug crash`), traffic the whole time, the firewall never lets the denied source through.
+
+use std::time::{Duration, Instant};
+
+use chaos_tests::{Daemon, TwoHosts};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn debug_changes_the_log_level_at_run_time_and_refuses_faults_by_default() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    let out = daemon.cli(&["debug", "crash", "loader"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--enable-fault-injection"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert!(!daemon.log_text().contains("DEBUG"));
+    let done = daemon.cli_json(&["debug", "--enable", "--log-level", "DEBUG"]);
+    assert!(done["done"].as_str().unwrap().contains("debug"), "{done}");
+    daemon.cli_json(&["status"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log_text().contains("DEBUG") {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after --enable:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = daemon.cli(&["debug", "--enable", "--log-level", "x=[[["]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a log filter"),
+        "{}",
+        stderr(&out)
+    );
+    daemon.cli_json(&["debug", "--disable"]);
+    assert!(daemon.log_text().contains("log filter changed"));
+}
+
+#[test]
+fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
+    let hosts = TwoHosts::new();
+    let [allowed, denied] = hosts.ips_b;
+    let config = format!(
+        "interface = \"{}\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start_with_flags(&hosts.a, &config, &["--enable-fault-injection"]);
+    daemon.wait_attached();
+    let interface = hosts.if_a.clone();
+
+    for (actor, restarts) in [
+        (format!("attach:{interface}"), 1u64),
+        ("loader".to_string(), 2),
+        ("interfaces".to_string(), 3),
+    ] {
+        let said = daemon.cli_json(&["debug", "crash", &actor]);
+        assert!(said["done"].as_str().unwrap().contains("panic"), "{said}");
+        // Traffic right through the restart: never a denied packet through.
+        assert_eq!(
+            hosts.ping(denied, 5),
+            0,
+            "the denied source got through while {actor} restarted"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let health = loop {
+            if let Ok(h) = std::panic::catch_unwind(|| daemon.cli_json(&["health"]))
+                && h["checks"]["supervisor"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(&format!("{restarts} actor restart")))
+                && h["checks"]["attachments"]["status"] == "healthy"
+            {
+                break h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{actor} was not repaired:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(
+            health["status"], "degraded",
+            "restarts show as degraded: {health}"
+        );
+        let programs = daemon.cli_json(&["programs"]);
+        assert_eq!(
+            programs.as_array().unwrap().len(),
+            1,
+            "still one firewall after {actor}: {programs}"
+        );
+        assert_eq!(programs[0]["id"], "xdp_firewall-1");
+        assert_eq!(
+            programs[0]["attachments"][0]["interface"],
+            interface.as_str()
+        );
+        assert_eq!(hosts.ping(allowed, 2), 2);
+    }
+    let log = daemon.log_text();
+    assert!(log.contains("fault injected into AttachActor"), "{log}");
+    assert!(log.contains("fault injected into LoaderActor"), "{log}");
+}
