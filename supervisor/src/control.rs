@@ -22,6 +22,11 @@ use crate::root::{INTERFACES, LOADER, RootMsg};
 /// A client that starts a frame must finish it within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Sets the daemon's log filter; `None` restores the one it started with. Returns the filter
+/// now in force, or why the given one is not a filter.
+pub type SetLogFilter =
+    std::sync::Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Control {
     pub started: Instant,
@@ -30,8 +35,7 @@ pub struct Control {
     pub metrics_problem: Option<String>,
     /// Sets the log filter at run time (`debug --enable --log-level`); `None` restores the
     /// filter the daemon started with.
-    pub set_log_filter:
-        std::sync::Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>,
+    pub set_log_filter: SetLogFilter,
     /// `--enable-fault-injection`: `debug crash` is allowed.
     pub fault_injection: bool,
 }

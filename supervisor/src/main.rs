@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ractor::{Actor, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
-use supervisor::control::Control;
+use supervisor::control::{Control, SetLogFilter};
 use supervisor::host;
 use supervisor::root::{INTERFACES, LOADER, RootSupervisor, StartupPlan};
 use tracing::{error, info};
@@ -126,8 +126,6 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     }
     Ok(config)
 }
-
-type SetLogFilter = std::sync::Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
 
 /// Logs go to stderr and to `log_file` (rotated daily). A log file that cannot be opened is
 /// reported and skipped: the daemon still runs. Returns a way to change the filter at run time.
