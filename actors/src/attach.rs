@@ -43,13 +43,26 @@ pub enum AttachMsg {
     Verify {
         reply: RpcReplyPort<Result<(), String>>,
     },
+    /// Periodic: is every held link still attached? (Sent to itself every `CHECK_EVERY`.)
+    Check,
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
+}
+
+/// How often an AttachActor checks that its links are still attached.
+pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub struct AttachArgs {
+    pub interface: String,
+    /// Told when a link is found detached behind the daemon's back.
+    pub supervisor: ActorRef<crate::interfaces::InterfacesMsg>,
 }
 
 pub struct AttachState {
     interface: String,
     links: BTreeMap<String, HeldLink>,
+    supervisor: ActorRef<crate::interfaces::InterfacesMsg>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct AttachActor;
@@ -57,18 +70,39 @@ pub struct AttachActor;
 impl Actor for AttachActor {
     type Msg = AttachMsg;
     type State = AttachState;
-    /// The interface name.
-    type Arguments = String;
+    type Arguments = AttachArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        interface: String,
+        args: AttachArgs,
     ) -> Result<AttachState, ActorProcessingErr> {
         Ok(AttachState {
-            interface,
+            interface: args.interface,
             links: BTreeMap::new(),
+            supervisor: args.supervisor,
+            ticker: None,
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut AttachState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.ticker = Some(myself.send_interval(CHECK_EVERY, || AttachMsg::Check));
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut AttachState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -105,6 +139,37 @@ impl Actor for AttachActor {
                     ))
                 };
                 let _ = reply.send(result);
+            }
+            AttachMsg::Check => {
+                let lost: Vec<(String, String)> = state
+                    .links
+                    .iter()
+                    .filter_map(|(program_id, link)| {
+                        let why = match sys::pinned_xdp_link_ifindex(&link.pin) {
+                            Ok(0) if !sys::interface_exists(&state.interface) => {
+                                format!("interface {} was deleted", state.interface)
+                            }
+                            Ok(0) => "the link was detached behind the daemon's back".to_string(),
+                            Ok(_) => return None,
+                            Err(e) => format!("its pin {} is unreadable: {e}", link.pin.display()),
+                        };
+                        Some((program_id.clone(), why))
+                    })
+                    .collect();
+                for (program_id, why) in lost {
+                    if let Some(link) = state.links.remove(&program_id) {
+                        // A dead link: drop it and its pin; the supervisor attaches anew.
+                        link.release();
+                    }
+                    tracing::warn!(interface = %state.interface, %program_id, %why, "attachment lost");
+                    let _ = state
+                        .supervisor
+                        .cast(crate::interfaces::InterfacesMsg::LinkLost {
+                            interface: state.interface.clone(),
+                            program_id,
+                            why,
+                        });
+                }
             }
             AttachMsg::Crash => panic!("fault injected into AttachActor[{}]", state.interface),
         }

@@ -9,7 +9,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, AttachMode, Attachment, ErrorKind};
-use crate::attach::{AttachActor, AttachMsg};
+use crate::attach::{AttachActor, AttachArgs, AttachMsg};
 use crate::loader::LoaderMsg;
 use crate::restart::RestartIntensity;
 use crate::rpc::ask;
@@ -44,6 +44,15 @@ pub enum InterfacesMsg {
     Verify {
         reply: RpcReplyPort<SupervisionReport>,
     },
+    /// An AttachActor found a link detached (behind the daemon's back, or its interface
+    /// deleted): attach again now, or once the interface is back.
+    LinkLost {
+        interface: String,
+        program_id: String,
+        why: String,
+    },
+    /// Periodic: retries attachments waiting for their interface.
+    RetryLost,
     /// Fault injection: makes the supervisor itself panic.
     Crash,
     /// Fault injection: makes the interface's AttachActor panic.
@@ -59,6 +68,8 @@ pub struct SupervisionReport {
     /// Interface → why its attachment is not well.
     pub problems: BTreeMap<String, String>,
     pub restarts: u64,
+    /// Attachments found detached behind the daemon's back and made again.
+    pub repairs: u64,
     pub attachments: usize,
     /// Attachments running in another mode than requested (xdp_mode_degraded), described.
     pub degraded: Vec<String>,
@@ -73,10 +84,15 @@ pub struct InterfacesState {
     /// Interfaces given up on after too many restarts, with the reason.
     given_up: BTreeMap<String, String>,
     restarts: u64,
+    /// Links found detached and made again.
+    repairs: u64,
     make_intensity: fn() -> RestartIntensity,
     state_dir: std::path::PathBuf,
     fallback: bool,
     on_restart: std::sync::Arc<dyn Fn() + Send + Sync>,
+    /// Attachments whose link was lost and could not be made again yet, with why.
+    lost: BTreeMap<(String, String), String>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct InterfaceSupervisor;
@@ -113,10 +129,13 @@ impl Actor for InterfaceSupervisor {
             intensity: BTreeMap::new(),
             given_up: BTreeMap::new(),
             restarts: 0,
+            repairs: 0,
             make_intensity: args.intensity,
             state_dir: args.state_dir,
             fallback: args.fallback,
             on_restart: args.on_restart,
+            lost: BTreeMap::new(),
+            ticker: None,
         })
     }
 
@@ -127,6 +146,9 @@ impl Actor for InterfaceSupervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut InterfacesState,
     ) -> Result<(), ActorProcessingErr> {
+        state.ticker = Some(myself.send_interval(std::time::Duration::from_secs(1), || {
+            InterfacesMsg::RetryLost
+        }));
         let path = state.state_dir.join(ATTACHMENTS_FILE);
         let Ok(bytes) = std::fs::read(&path) else {
             return Ok(());
@@ -214,9 +236,14 @@ impl Actor for InterfaceSupervisor {
             }
             InterfacesMsg::Verify { reply } => {
                 let all = state.all_attachments();
+                let mut problems = state.given_up.clone();
+                for ((interface, _), why) in &state.lost {
+                    problems.insert(interface.clone(), why.clone());
+                }
                 let mut report = SupervisionReport {
-                    problems: state.given_up.clone(),
+                    problems,
                     restarts: state.restarts,
+                    repairs: state.repairs,
                     attachments: all.len(),
                     degraded: all
                         .iter()
@@ -242,10 +269,61 @@ impl Actor for InterfaceSupervisor {
                         .await
                         .unwrap_or_else(|e| Err(e.message));
                     if let Err(why) = verdict {
-                        report.problems.insert(interface.clone(), why);
+                        report.problems.entry(interface.clone()).or_insert(why);
                     }
                 }
                 let _ = reply.send(report);
+            }
+            InterfacesMsg::LinkLost {
+                interface,
+                program_id,
+                why,
+            } => {
+                let Some(attachment) = state
+                    .attachments
+                    .get_mut(&interface)
+                    .and_then(|m| m.remove(&program_id))
+                else {
+                    return Ok(());
+                };
+                warn!(%interface, %program_id, %why, "attaching again");
+                state.repairs += 1;
+                let mode = Some(attachment.requested_mode);
+                if let Err(e) = state.attach(&myself, &program_id, &interface, mode).await {
+                    let waiting = format!("{why}; waiting to attach {program_id} again ({e})");
+                    warn!(%interface, %program_id, "{waiting}");
+                    state
+                        .lost
+                        .insert((interface.clone(), program_id.clone()), waiting);
+                    state
+                        .attachments
+                        .entry(interface)
+                        .or_default()
+                        .insert(program_id, attachment);
+                    state.save();
+                }
+            }
+            InterfacesMsg::RetryLost => {
+                let lost: Vec<(String, String)> = state.lost.keys().cloned().collect();
+                for (interface, program_id) in lost {
+                    if !crate::sys::interface_exists(&interface) {
+                        continue;
+                    }
+                    let mode = state
+                        .attachments
+                        .get_mut(&interface)
+                        .and_then(|m| m.remove(&program_id))
+                        .map(|a| a.requested_mode);
+                    match state.attach(&myself, &program_id, &interface, mode).await {
+                        Ok(_) => {
+                            info!(%interface, %program_id, "interface is back: attached again");
+                            state.lost.remove(&(interface, program_id));
+                        }
+                        Err(e) => {
+                            warn!(%interface, %program_id, error = %e, "attaching again failed; will retry")
+                        }
+                    }
+                }
             }
             InterfacesMsg::Crash => panic!("fault injected into InterfaceSupervisor"),
             InterfacesMsg::CrashChild { interface, reply } => {
@@ -260,6 +338,17 @@ impl Actor for InterfaceSupervisor {
                 };
                 let _ = reply.send(result);
             }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut InterfacesState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
         }
         Ok(())
     }
@@ -392,15 +481,22 @@ impl InterfacesState {
         if let Some(c) = self.children.get(interface) {
             return Ok(c.clone());
         }
-        let (child, _) =
-            Actor::spawn_linked(None, AttachActor, interface.to_string(), myself.get_cell())
-                .await
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorKind::Internal,
-                        format!("starting AttachActor[{interface}]: {e}"),
-                    )
-                })?;
+        let (child, _) = Actor::spawn_linked(
+            None,
+            AttachActor,
+            AttachArgs {
+                interface: interface.to_string(),
+                supervisor: myself.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("starting AttachActor[{interface}]: {e}"),
+            )
+        })?;
         self.children.insert(interface.to_string(), child.clone());
         Ok(child)
     }

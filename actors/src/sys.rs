@@ -168,6 +168,42 @@ pub fn remove_pin_root_if_empty(pin_root: &Path) {
     }
 }
 
+/// The interface an XDP bpf_link pinned at `pin` is attached to; 0 when the link has been
+/// detached (`bpftool link detach`, or its interface was deleted). aya's `LinkInfo` does not
+/// expose this, so: BPF_OBJ_GET on the pin, then BPF_OBJ_GET_INFO_BY_FD, whose `xdp.ifindex`
+/// sits at offset 16 of `struct bpf_link_info` (after type, id, prog_id and 8-byte alignment).
+pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
+    use std::os::fd::FromRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // Larger than any bpf_attr layout we use; the kernel requires the unused tail to be zero.
+    const ATTR: usize = 128;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u8; ATTR];
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_GET (pathname, then zeroes); the kernel
+    // reads at most ATTR bytes from it.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), ATTR) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = [0u8; ATTR];
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(ATTR as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr describes `info`, ATTR writable bytes that outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_ptr(), ATTR) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
+}
+
 /// Removes a directory of pins (maps and links) and everything in it. Unlinking a pin drops
 /// only the name: what a process still holds stays alive until it lets go.
 pub fn remove_pins(dir: &Path) {

@@ -513,6 +513,20 @@ pub fn kernel_has_program(id: u64) -> bool {
     bpftool_ids(&["prog", "show"], "id").contains(&id)
 }
 
+/// Ids of the bpf_links that point at program `kernel_id`.
+pub fn kernel_links_of(kernel_id: u64) -> Vec<u64> {
+    let out = run(Command::new("bpftool").args(["--json", "link", "show"]));
+    let links: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64() == Some(kernel_id))
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
 /// Program ids that some bpf_link in the kernel points at (`bpftool link show`).
 pub fn kernel_linked_programs() -> Vec<u64> {
     bpftool_ids(&["link", "show"], "prog_id")

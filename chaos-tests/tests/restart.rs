@@ -4,23 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, TwoHosts, kernel_has_program};
+use chaos_tests::{Daemon, TwoHosts, kernel_has_program, kernel_links_of};
 use serde_json::Value;
-
-fn links_of(kernel_id: u64) -> Vec<u64> {
-    let out = std::process::Command::new("bpftool")
-        .args(["--json", "link", "show"])
-        .output()
-        .unwrap();
-    let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    links
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["prog_id"].as_u64() == Some(kernel_id))
-        .filter_map(|l| l["id"].as_u64())
-        .collect()
-}
 
 fn counters(daemon: &Daemon) -> Value {
     daemon.cli_json(&["stats"])[0]["counters"].clone()
@@ -48,7 +33,7 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
     let mut daemon = Daemon::start(&hosts.a, &config);
     let before = daemon.wait_attached();
     let kernel_id = before[0]["kernel_id"].as_u64().unwrap();
-    let links = links_of(kernel_id);
+    let links = kernel_links_of(kernel_id);
     assert_eq!(links.len(), 1, "one bpf_link");
     daemon.cli_json(&[
         "rules",
@@ -78,7 +63,11 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         2,
         "and the allowed one still passes"
     );
-    assert_eq!(links_of(kernel_id), links, "the link outlived the daemon");
+    assert_eq!(
+        kernel_links_of(kernel_id),
+        links,
+        "the link outlived the daemon"
+    );
 
     // The next daemon adopts what it finds: same id, same link, counters carry on.
     daemon.start_again(&hosts.a);
@@ -87,7 +76,7 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
     assert_eq!(after[0]["attachments"], before[0]["attachments"]);
     let new_kernel_id = after[0]["kernel_id"].as_u64().unwrap();
     assert_eq!(
-        links_of(new_kernel_id),
+        kernel_links_of(new_kernel_id),
         links,
         "the same bpf_link, now running the new program"
     );
@@ -134,7 +123,10 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
 
     // A clean stop (keep_attached_on_shutdown = false) leaves nothing behind.
     assert!(daemon.stop().success());
-    assert!(links_of(new_kernel_id).is_empty(), "detached at shutdown");
+    assert!(
+        kernel_links_of(new_kernel_id).is_empty(),
+        "detached at shutdown"
+    );
     assert!(!daemon.pin_root.exists(), "no pins left");
     assert_eq!(hosts.ping(denied, 2), 2);
 }
@@ -149,7 +141,7 @@ fn keep_attached_on_shutdown_hands_the_firewall_to_the_next_start() {
     );
     let mut daemon = Daemon::start(&hosts.a, &config);
     let before = daemon.wait_attached();
-    let links = links_of(before[0]["kernel_id"].as_u64().unwrap());
+    let links = kernel_links_of(before[0]["kernel_id"].as_u64().unwrap());
     hosts.send_udp(denied, 7000, 6, 50);
     assert_eq!(wait_counters(&daemon, 6)["dropped_packets"], 6);
     assert!(daemon.stop().success());
@@ -161,7 +153,10 @@ fn keep_attached_on_shutdown_hands_the_firewall_to_the_next_start() {
     daemon.start_again(&hosts.a);
     let after = daemon.wait_attached();
     assert_eq!(after[0]["id"], before[0]["id"]);
-    assert_eq!(links_of(after[0]["kernel_id"].as_u64().unwrap()), links);
+    assert_eq!(
+        kernel_links_of(after[0]["kernel_id"].as_u64().unwrap()),
+        links
+    );
     assert_eq!(wait_counters(&daemon, 8)["dropped_packets"], 8);
     assert_eq!(
         after.as_array().unwrap().len(),

@@ -108,3 +108,89 @@ fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
     assert!(log.contains("fault injected into AttachActor"), "{log}");
     assert!(log.contains("fault injected into LoaderActor"), "{log}");
 }
+
+fn wait_for(what: &str, daemon: &Daemon, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} did not happen within 10s:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn lost_attachments_are_noticed_and_made_again() {
+    let hosts = TwoHosts::new();
+    let denied = hosts.ips_b[1];
+    let config = format!(
+        "interface = \"{}\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    let programs = daemon.wait_attached();
+    let kernel_id = programs[0]["kernel_id"].as_u64().unwrap();
+    let links = chaos_tests::kernel_links_of(kernel_id);
+    assert_eq!(links.len(), 1);
+
+    // Detached behind the daemon's back.
+    chaos_tests::run(std::process::Command::new("bpftool").args([
+        "link",
+        "detach",
+        "id",
+        &links[0].to_string(),
+    ]));
+    let took = wait_for("re-attach after bpftool link detach", &daemon, || {
+        let now = chaos_tests::kernel_links_of(kernel_id);
+        now.len() == 1 && now != links
+    });
+    assert!(
+        took < Duration::from_secs(3),
+        "noticed and repaired in {took:?}"
+    );
+    assert_eq!(hosts.ping(denied, 3), 0, "the firewall is back");
+    assert!(
+        daemon
+            .log_text()
+            .contains("detached behind the daemon's back")
+    );
+
+    // The interface is deleted, then comes back under the same name.
+    hosts.a.exec(&["ip", "link", "del", &hosts.if_a]);
+    wait_for("the loss to show in health", &daemon, || {
+        let h = daemon.cli_json(&["health"]);
+        h["checks"]["attachments"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deleted"))
+    });
+    chaos_tests::run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        &hosts.if_a,
+        "netns",
+        &hosts.a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &hosts.if_b,
+        "netns",
+        &hosts.b.name,
+    ]));
+    hosts.a.exec(&["ip", "link", "set", &hosts.if_a, "up"]);
+    wait_for("re-attach to the recreated interface", &daemon, || {
+        let shown = hosts
+            .a
+            .exec(&["bpftool", "-j", "net", "show", "dev", &hosts.if_a]);
+        let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
+        v[0]["xdp"][0]["id"].as_u64() == Some(kernel_id)
+    });
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(
+        health["checks"]["attachments"]["status"], "healthy",
+        "{health}"
+    );
+}
