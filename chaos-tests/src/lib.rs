@@ -317,8 +317,9 @@ pub fn binary(name: &str) -> PathBuf {
 /// Dropping it sends SIGTERM (then SIGKILL) and removes its files.
 pub struct Daemon {
     child: Option<Child>,
-    /// Extra command-line flags, kept for restarts.
+    /// Extra command-line flags and environment, kept for restarts.
     args: Vec<String>,
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub pin_root: PathBuf,
@@ -333,6 +334,16 @@ impl Daemon {
 
     /// As `start`, with extra command-line flags (e.g. `--enable-fault-injection`).
     pub fn start_with_flags(ns: &NetNs, extra_config: &str, flags: &[&str]) -> Daemon {
+        Daemon::start_with(ns, extra_config, flags, &[])
+    }
+
+    /// As `start`, with extra flags and environment variables.
+    pub fn start_with(
+        ns: &NetNs,
+        extra_config: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("x0t-daemon")
             .tempdir()
@@ -356,6 +367,10 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             args: flags.iter().map(|f| f.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
             socket,
             pin_root,
@@ -388,6 +403,7 @@ impl Daemon {
             .arg("--config")
             .arg(self.dir.path().join("ebpf.toml"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

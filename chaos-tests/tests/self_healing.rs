@@ -194,3 +194,60 @@ fn lost_attachments_are_noticed_and_made_again() {
         "{health}"
     );
 }
+
+/// The systemd notify protocol, with a fake NOTIFY_SOCKET: READY=1 once the daemon serves and
+/// has restored its state, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 at SIGTERM.
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    let hosts = TwoHosts::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config = format!(
+        "interface = \"{}\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
+        hosts.if_a
+    );
+    let started = Instant::now();
+    let mut daemon = Daemon::start_with(
+        &hosts.a,
+        &config,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = socket
+            .recv(&mut buf)
+            .expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next().trim(), "READY=1");
+    // Ready means ready: the startup plan already attached the firewall.
+    let status = daemon.cli_json(&["status"]);
+    assert_eq!(
+        status["attachments"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    let pings = (0..3)
+        .map(|_| next())
+        .filter(|m| m.trim() == "WATCHDOG=1")
+        .count();
+    assert_eq!(pings, 3, "watchdog pings every 200 ms");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(daemon.stop().success());
+    let mut last = String::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        last = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if last.trim() == "STOPPING=1" {
+            break;
+        }
+    }
+    assert_eq!(last.trim(), "STOPPING=1");
+}

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
 use supervisor::control::{Control, SetLogFilter};
 use supervisor::host;
-use supervisor::root::{INTERFACES, LOADER, RootSupervisor, StartupPlan};
+use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, StartupPlan};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -267,8 +267,41 @@ async fn run(
         _ => None,
     };
     let server = tokio::spawn(control.serve(listener));
+    // Ready (systemd Type=notify) once the socket serves and the restored state is in place:
+    // the InterfaceSupervisor answers only after restoring the attachments, the root only
+    // after the startup plan it queued when it started.
+    if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES) {
+        let _ = ask(&interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::List { reply }
+        })
+        .await;
+    }
+    let _ = ask(&root, "RootSupervisor", |reply| RootMsg::Report { reply }).await;
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        error!(error = %e, "telling systemd we are ready (NOTIFY_SOCKET)");
+    }
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        let root = root.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                // Ping only while the supervision tree answers: a wedged daemon gets restarted.
+                if ask(&root, "RootSupervisor", |reply| RootMsg::Report { reply })
+                    .await
+                    .is_ok()
+                {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        })
+    });
 
     wait_for_signal().await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     server.abort();
     if let Some(m) = metrics {
         m.abort();
