@@ -122,6 +122,25 @@ pub enum Request {
     Rules(RulesRequest),
     Flows(FlowQuery),
     Debug(DebugRequest),
+    Alerts,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+/// A condition the daemon watches for; active while it holds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// `high_latency`, `program_load_failure`, `attach_failure`, `map_memory`, `drop_rate`.
+    pub id: String,
+    pub severity: Severity,
+    /// RFC 3339, UTC: when it became active.
+    pub since: String,
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -338,6 +357,7 @@ pub enum Response {
     Flows(FlowList),
     /// A debug request was carried out; the text says what happened.
     Done(String),
+    Alerts(Vec<Alert>),
     Error(ApiError),
 }
 

@@ -70,6 +70,8 @@ pub struct SupervisionReport {
     pub restarts: u64,
     /// Attachments found detached behind the daemon's back and made again.
     pub repairs: u64,
+    /// Attach requests refused so far, and the latest reason.
+    pub attach_failures: (u64, Option<String>),
     pub attachments: usize,
     /// Attachments running in another mode than requested (xdp_mode_degraded), described.
     pub degraded: Vec<String>,
@@ -86,6 +88,7 @@ pub struct InterfacesState {
     restarts: u64,
     /// Links found detached and made again.
     repairs: u64,
+    attach_failures: (u64, Option<String>),
     make_intensity: fn() -> RestartIntensity,
     state_dir: std::path::PathBuf,
     fallback: bool,
@@ -130,6 +133,7 @@ impl Actor for InterfaceSupervisor {
             given_up: BTreeMap::new(),
             restarts: 0,
             repairs: 0,
+            attach_failures: (0, None),
             make_intensity: args.intensity,
             state_dir: args.state_dir,
             fallback: args.fallback,
@@ -195,6 +199,11 @@ impl Actor for InterfaceSupervisor {
                 reply,
             } => {
                 let result = state.attach(&myself, &program_id, &interface, mode).await;
+                if let Err(e) = &result {
+                    state.attach_failures.0 += 1;
+                    state.attach_failures.1 =
+                        Some(format!("attaching {program_id} to {interface} failed: {e}"));
+                }
                 let _ = reply.send(result);
             }
             InterfacesMsg::Detach {
@@ -244,6 +253,7 @@ impl Actor for InterfaceSupervisor {
                     problems,
                     restarts: state.restarts,
                     repairs: state.repairs,
+                    attach_failures: state.attach_failures.clone(),
                     attachments: all.len(),
                     degraded: all
                         .iter()

@@ -63,6 +63,10 @@ pub enum LoaderMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
+    /// Loads refused so far, and the latest reason.
+    LoadFailures {
+        reply: RpcReplyPort<(u64, Option<String>)>,
+    },
     /// Each built-in firewall's processing-time histogram (log2 ns buckets, CPUs summed).
     Latency {
         reply: RpcReplyPort<Vec<(String, Vec<u64>)>>,
@@ -147,6 +151,8 @@ pub struct LoaderState {
     compiled: CompiledRules,
     /// Rules staged for a later `Apply`, by token, with when they were last added to.
     staged: BTreeMap<u64, (std::time::Instant, Vec<FirewallRule>)>,
+    /// Loads refused so far, and the latest reason (for the program_load_failure alert).
+    load_failures: (u64, Option<String>),
     state_dir: PathBuf,
     pin_root: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
@@ -203,6 +209,7 @@ impl Actor for LoaderActor {
             firewall,
             compiled,
             staged: BTreeMap::new(),
+            load_failures: (0, None),
             state_dir: args.state_dir,
             pin_root: args.pin_root,
             programs: BTreeMap::new(),
@@ -228,7 +235,11 @@ impl Actor for LoaderActor {
                     Ok(info) => {
                         info!(program_id = %info.id, kernel_id = info.kernel_id, source = %info.source, "loaded")
                     }
-                    Err(e) => warn!(name = %name, error = %e, "load refused"),
+                    Err(e) => {
+                        warn!(name = %name, error = %e, "load refused");
+                        state.load_failures.0 += 1;
+                        state.load_failures.1 = Some(format!("loading {name} failed: {e}"));
+                    }
                 }
                 let _ = reply.send(result);
             }
@@ -280,6 +291,9 @@ impl Actor for LoaderActor {
             }
             LoaderMsg::Flows { query, reply } => {
                 let _ = reply.send(state.flows(&query));
+            }
+            LoaderMsg::LoadFailures { reply } => {
+                let _ = reply.send(state.load_failures.clone());
             }
             LoaderMsg::Latency { reply } => {
                 let histograms = state

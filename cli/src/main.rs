@@ -86,6 +86,8 @@ enum Command {
     Stats,
     /// Health of programs, attachments and the supervision tree.
     Health,
+    /// Active alerts: high latency, load or attach failure, map memory, drop rate.
+    Alerts,
     /// Flows seen by the firewall, with filters (like `hubble observe`).
     Flows(flows::FlowArgs),
     /// The firewall rules: list, add, del, apply FILE, explain.
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
         Command::Stats => Request::Stats,
         Command::Health => Request::Health,
         Command::Flows(ref args) => Request::Flows(args.query()),
+        Command::Alerts => Request::Alerts,
         Command::Debug(ref d) => match (&d.action, d.enable, d.disable) {
             (Some(DebugAction::Crash { actor }), _, _) => {
                 Request::Debug(DebugRequest::Crash(actor.clone()))
@@ -270,6 +273,8 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
         Response::Explained(e) => rules::render_explanation(e),
         Response::Flows(f) if as_json => json(&f.flows),
         Response::Flows(f) => flows::render(f),
+        Response::Alerts(a) if as_json => json(a),
+        Response::Alerts(a) => render::alerts(a),
         Response::Done(what) if as_json => json(&serde_json::json!({ "done": what })),
         Response::Done(what) => format!("{what}\n"),
     };

@@ -1,6 +1,8 @@
 //! Human output: every table the CLI prints is built here.
 
-use actors::api::{Attachment, Health, PacketCounters, ProgramInfo, ProgramStats, Status};
+use actors::api::{
+    Alert, Attachment, Health, PacketCounters, ProgramInfo, ProgramStats, Severity, Status,
+};
 use comfy_table::{Table, presets::NOTHING};
 
 fn table(header: &[&str]) -> Table {
@@ -162,4 +164,24 @@ pub fn health(h: &Health) -> String {
         ]);
     }
     format!("status: {}\n\n{t}\n", h.status.as_str())
+}
+
+pub fn alerts(alerts: &[Alert]) -> String {
+    if alerts.is_empty() {
+        return "no active alerts\n".into();
+    }
+    let mut t = table(&["ALERT", "SEVERITY", "SINCE", "MESSAGE"]);
+    for a in alerts {
+        let severity = match a.severity {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        };
+        t.add_row(vec![
+            a.id.clone(),
+            severity.to_string(),
+            a.since.clone(),
+            a.message.clone(),
+        ]);
+    }
+    format!("{t}\n")
 }

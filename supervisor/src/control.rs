@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::alerts::{ALERTS, AlertsMsg};
 use crate::root::{INTERFACES, LOADER, RootMsg};
 
 /// A client that starts a frame must finish it within this time.
@@ -213,6 +214,12 @@ impl Control {
                     "{actor} was made to panic; its supervisor restarts it"
                 ))
             }
+            Request::Alerts => Response::Alerts(match ActorRef::<AlertsMsg>::where_is(ALERTS) {
+                Some(alerts) => {
+                    ask(&alerts, "AlertsActor", |reply| AlertsMsg::List { reply }).await?
+                }
+                None => Vec::new(),
+            }),
             Request::Flows(query) => Response::Flows(
                 ask(&loader, "LoaderActor", |reply| LoaderMsg::Flows {
                     query,

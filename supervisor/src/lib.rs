@@ -1,6 +1,7 @@
 //! The daemon `x0tta6bl4-ebpfd` as a library: config, the root of the supervision tree, the
 //! control socket. `main.rs` only wires them together.
 
+pub mod alerts;
 pub mod config;
 pub mod control;
 pub mod host;

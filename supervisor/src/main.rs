@@ -266,7 +266,18 @@ async fn run(
         Ok(Some(l)) => Some(tokio::spawn(supervisor::metrics::serve(control.clone(), l))),
         _ => None,
     };
-    let server = tokio::spawn(control.serve(listener));
+    let server = tokio::spawn(control.clone().serve(listener));
+    let (alerts, _) = Actor::spawn(
+        Some(supervisor::alerts::ALERTS.into()),
+        supervisor::alerts::AlertsActor,
+        supervisor::alerts::AlertsArgs {
+            control: control.clone(),
+            interval: std::time::Duration::from_secs_f64(config.monitoring_interval_seconds),
+            latency_threshold_ms: config.latency_threshold_ms,
+        },
+    )
+    .await
+    .context("starting the AlertsActor")?;
     // Ready (systemd Type=notify) once the socket serves and the restored state is in place:
     // the InterfaceSupervisor answers only after restoring the attachments, the root only
     // after the startup plan it queued when it started.
@@ -331,6 +342,7 @@ async fn run(
     {
         error!(error = %e, "unloading at shutdown");
     }
+    alerts.stop(None);
     root.stop(Some("shutdown".into()));
     let _ = root_handle.await;
     let _ = std::fs::remove_file(&config.socket_path);

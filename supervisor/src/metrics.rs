@@ -193,6 +193,10 @@ async fn render(control: &Control) -> Result<String, actors::api::ApiError> {
         None => Vec::new(),
     };
     let restarts = control.restarts().await;
+    let active_alerts = match control.dispatch(Request::Alerts).await {
+        Response::Alerts(a) => a,
+        _ => Vec::new(),
+    };
 
     let mut families = vec![family(
         "ebpf_programs_loaded",
@@ -299,6 +303,20 @@ async fn render(control: &Control) -> Result<String, actors::api::ApiError> {
             counter(&[("actor", "loader_or_interface_supervisor")], restarts.0),
             counter(&[("actor", "attach_actor")], restarts.1),
         ],
+    ));
+    families.push(family(
+        "ebpf_alerts_active",
+        "1 while the alert is active",
+        MetricType::GAUGE,
+        crate::alerts::ALERT_IDS
+            .iter()
+            .map(|id| {
+                gauge(
+                    &[("alert", id)],
+                    f64::from(u8::from(active_alerts.iter().any(|a| a.id == *id))),
+                )
+            })
+            .collect(),
     ));
     families.retain(|f| !f.get_metric().is_empty());
     prometheus::TextEncoder::new()
