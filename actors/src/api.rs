@@ -123,6 +123,25 @@ pub enum Request {
     Flows(FlowQuery),
     Debug(DebugRequest),
     Alerts,
+    /// The same values `/metrics` serves.
+    Metrics,
+}
+
+/// One value of a metric (histograms give their `_count` and `_sum`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    /// RFC 3339, UTC.
+    pub taken_at: String,
+    pub samples: Vec<MetricSample>,
+    /// The Prometheus text format, as `/metrics` serves it.
+    pub prometheus_text: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -358,6 +377,7 @@ pub enum Response {
     /// A debug request was carried out; the text says what happened.
     Done(String),
     Alerts(Vec<Alert>),
+    Metrics(MetricsSnapshot),
     Error(ApiError),
 }
 

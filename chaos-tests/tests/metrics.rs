@@ -100,6 +100,43 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
         );
     }
 
+    // The same values from the CLI, printed and exported.
+    let human = String::from_utf8(daemon.cli(&["metrics"]).stdout).unwrap();
+    assert!(
+        human.contains("ebpf_programs_loaded") && human.contains("reason=rule"),
+        "{human}"
+    );
+    let json_file = daemon.dir.path().join("metrics.json");
+    let out = daemon.cli(&["metrics", "--export", json_file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_file).unwrap()).unwrap();
+    let loaded = snapshot["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ebpf_programs_loaded")
+        .expect("ebpf_programs_loaded in the export");
+    assert_eq!(loaded["value"], 1.0);
+    let text_file = daemon.dir.path().join("metrics.prom");
+    let out = daemon.cli(&[
+        "metrics",
+        "--export",
+        text_file.to_str().unwrap(),
+        "--format",
+        "prometheus",
+    ]);
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&text_file).unwrap();
+    assert!(
+        text.contains("# TYPE ebpf_packets_dropped_total counter"),
+        "{text}"
+    );
+
     let (status, health) = get(&hosts.a, 9464, "/health");
     assert_eq!(status, "HTTP/1.1 200 OK");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();

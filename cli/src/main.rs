@@ -44,6 +44,12 @@ enum LoadMode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MetricsFormat {
+    Json,
+    Prometheus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum AttachModeArg {
     Drv,
     Skb,
@@ -88,6 +94,15 @@ enum Command {
     Health,
     /// Active alerts: high latency, load or attach failure, map memory, drop rate.
     Alerts,
+    /// The values /metrics serves; --export writes them to a file.
+    Metrics {
+        /// Write a snapshot to FILE instead of printing.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// json (a list of samples) or prometheus (the text format).
+        #[arg(long, value_enum, default_value = "json")]
+        format: MetricsFormat,
+    },
     /// Flows seen by the firewall, with filters (like `hubble observe`).
     Flows(flows::FlowArgs),
     /// The firewall rules: list, add, del, apply FILE, explain.
@@ -172,6 +187,7 @@ fn main() -> ExitCode {
         Command::Health => Request::Health,
         Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Alerts => Request::Alerts,
+        Command::Metrics { .. } => Request::Metrics,
         Command::Debug(ref d) => match (&d.action, d.enable, d.disable) {
             (Some(DebugAction::Crash { actor }), _, _) => {
                 Request::Debug(DebugRequest::Crash(actor.clone()))
@@ -216,8 +232,38 @@ fn main() -> ExitCode {
         }
     }
     let response = response.expect("at least one frame is sent");
+    if let (
+        Command::Metrics {
+            export: Some(path),
+            format,
+        },
+        Response::Metrics(m),
+    ) = (&cli.command, &response)
+    {
+        let contents = match format {
+            MetricsFormat::Json => json(m),
+            MetricsFormat::Prometheus => m.prometheus_text.clone(),
+        };
+        return match std::fs::write(path, contents) {
+            Ok(()) => {
+                println!("wrote {} samples to {}", m.samples.len(), path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("x0tta6bl4-ebpf: cannot write {}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+    let prometheus = matches!(
+        cli.command,
+        Command::Metrics {
+            format: MetricsFormat::Prometheus,
+            ..
+        }
+    );
     let verbose = matches!(cli.command, Command::Programs { verbose: true });
-    match print(&response, cli.json, verbose) {
+    match print(&response, cli.json, verbose, prometheus) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("x0tta6bl4-ebpf: {message}");
@@ -231,7 +277,12 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Prints a response; `Err` carries the daemon's refusal.
-fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String> {
+fn print(
+    response: &Response,
+    as_json: bool,
+    verbose: bool,
+    prometheus: bool,
+) -> Result<(), String> {
     let out = match response {
         Response::Error(e) => {
             if as_json {
@@ -273,6 +324,9 @@ fn print(response: &Response, as_json: bool, verbose: bool) -> Result<(), String
         Response::Explained(e) => rules::render_explanation(e),
         Response::Flows(f) if as_json => json(&f.flows),
         Response::Flows(f) => flows::render(f),
+        Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
+        Response::Metrics(m) if as_json => json(m),
+        Response::Metrics(m) => render::metrics(m),
         Response::Alerts(a) if as_json => json(a),
         Response::Alerts(a) => render::alerts(a),
         Response::Done(what) if as_json => json(&serde_json::json!({ "done": what })),

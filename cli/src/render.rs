@@ -1,7 +1,8 @@
 //! Human output: every table the CLI prints is built here.
 
 use actors::api::{
-    Alert, Attachment, Health, PacketCounters, ProgramInfo, ProgramStats, Severity, Status,
+    Alert, Attachment, Health, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats,
+    Severity, Status,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -184,4 +185,13 @@ pub fn alerts(alerts: &[Alert]) -> String {
         ]);
     }
     format!("{t}\n")
+}
+
+pub fn metrics(m: &MetricsSnapshot) -> String {
+    let mut t = table(&["METRIC", "LABELS", "VALUE"]);
+    for s in &m.samples {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        t.add_row(vec![s.name.clone(), labels.join(" "), s.value.to_string()]);
+    }
+    format!("taken at {}\n\n{t}\n", m.taken_at)
 }

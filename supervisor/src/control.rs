@@ -214,6 +214,7 @@ impl Control {
                     "{actor} was made to panic; its supervisor restarts it"
                 ))
             }
+            Request::Metrics => Response::Metrics(Box::pin(crate::metrics::snapshot(self)).await?),
             Request::Alerts => Response::Alerts(match ActorRef::<AlertsMsg>::where_is(ALERTS) {
                 Some(alerts) => {
                     ask(&alerts, "AlertsActor", |reply| AlertsMsg::List { reply }).await?

@@ -167,7 +167,56 @@ fn interfaces_label(row: &ProgramStats) -> String {
     row.interfaces.join(",")
 }
 
+/// The metrics as `/metrics` serves them, and as samples for `x0tta6bl4-ebpf metrics`.
+pub async fn snapshot(
+    control: &Control,
+) -> Result<actors::api::MetricsSnapshot, actors::api::ApiError> {
+    let families = families(control).await?;
+    let mut samples = Vec::new();
+    for f in &families {
+        for m in f.get_metric() {
+            let labels: std::collections::BTreeMap<String, String> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let mut push = |name: String, value: f64| {
+                samples.push(actors::api::MetricSample {
+                    name,
+                    labels: labels.clone(),
+                    value,
+                })
+            };
+            match f.get_field_type() {
+                MetricType::COUNTER => push(f.name().to_string(), m.get_counter().get_value()),
+                MetricType::GAUGE => push(f.name().to_string(), m.get_gauge().get_value()),
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    push(format!("{}_count", f.name()), h.get_sample_count() as f64);
+                    push(format!("{}_sum", f.name()), h.get_sample_sum());
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(actors::api::MetricsSnapshot {
+        taken_at: actors::sys::now_rfc3339(),
+        samples,
+        prometheus_text: encode(&families)?,
+    })
+}
+
+fn encode(families: &[MetricFamily]) -> Result<String, actors::api::ApiError> {
+    prometheus::TextEncoder::new()
+        .encode_to_string(families)
+        .map_err(|e| actors::api::ApiError::new(actors::api::ErrorKind::Internal, e.to_string()))
+}
+
 async fn render(control: &Control) -> Result<String, actors::api::ApiError> {
+    encode(&families(control).await?)
+}
+
+async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::ApiError> {
     let programs = match control.dispatch(Request::Programs).await {
         Response::Programs(p) => p,
         Response::Error(e) => return Err(e),
@@ -319,9 +368,7 @@ async fn render(control: &Control) -> Result<String, actors::api::ApiError> {
             .collect(),
     ));
     families.retain(|f| !f.get_metric().is_empty());
-    prometheus::TextEncoder::new()
-        .encode_to_string(&families)
-        .map_err(|e| actors::api::ApiError::new(actors::api::ErrorKind::Internal, e.to_string()))
+    Ok(families)
 }
 
 #[cfg(test)]
