@@ -19,6 +19,21 @@ use tracing::{debug, warn};
 use crate::control::Control;
 use crate::root::LOADER;
 
+/// Every metric family `/metrics` can serve (the Grafana dashboard in `contrib/` may use
+/// only these; a test checks it).
+pub const METRIC_NAMES: [&str; 10] = [
+    "ebpf_programs_loaded",
+    "ebpf_packets_processed_total",
+    "ebpf_packets_dropped_total",
+    "ebpf_flows_active",
+    "ebpf_flows_lost_total",
+    "ebpf_errors_total",
+    "ebpf_latency_microseconds",
+    "ebpf_attach_mode",
+    "ebpf_supervisor_restarts_total",
+    "ebpf_alerts_active",
+];
+
 /// A scraper must send its request head within this time, in at most this many bytes.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_LIMIT: usize = 8 * 1024;
@@ -374,6 +389,39 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dashboard shipped in contrib/ queries only metrics the daemon serves.
+    #[test]
+    fn the_grafana_dashboard_uses_only_served_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/grafana-dashboard.json"
+        );
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut used = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if word.starts_with("ebpf_") {
+                        let family = word
+                            .strip_suffix("_bucket")
+                            .or_else(|| word.strip_suffix("_count"))
+                            .or_else(|| word.strip_suffix("_sum"))
+                            .unwrap_or(word);
+                        assert!(
+                            METRIC_NAMES.contains(&family),
+                            "{family} in panel {} is not served",
+                            panel["title"]
+                        );
+                        used += 1;
+                    }
+                }
+            }
+        }
+        assert!(used >= 10);
+    }
 
     #[test]
     fn log2_nanosecond_buckets_become_a_microsecond_histogram() {
