@@ -125,6 +125,30 @@ pub enum Request {
     Alerts,
     /// The same values `/metrics` serves.
     Metrics,
+    /// What the TCP probe saw, per peer.
+    Tcp,
+}
+
+/// Connections this host opened to one peer, as the TCP probe saw them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TcpPeer {
+    pub peer: std::net::IpAddr,
+    pub port: u16,
+    pub connects: u64,
+    /// Mean SYN_SENT → ESTABLISHED time, µs.
+    pub connect_avg_us: f64,
+    pub failed: u64,
+    pub resets: u64,
+    pub closes: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct TcpReport {
+    /// False when no `tcp_state` program is loaded.
+    pub enabled: bool,
+    pub peers: Vec<TcpPeer>,
+    /// Connects by log2 of their nanoseconds.
+    pub connect_latency_ns_log2: Vec<u64>,
 }
 
 /// One value of a metric (histograms give their `_count` and `_sum`).
@@ -378,6 +402,7 @@ pub enum Response {
     Done(String),
     Alerts(Vec<Alert>),
     Metrics(MetricsSnapshot),
+    Tcp(TcpReport),
     Error(ApiError),
 }
 

@@ -21,6 +21,8 @@ pub mod rpc;
 pub mod rules;
 #[cfg(feature = "runtime")]
 pub mod sys;
+#[cfg(feature = "runtime")]
+pub mod tcp;
 
 /// The kernel programs, embedded in the daemon.
 #[cfg(feature = "runtime")]
@@ -28,6 +30,9 @@ pub mod builtin {
     /// ELF object of `xdp_firewall` (ebpf-kern/src/bin/xdp_firewall.rs).
     pub static XDP_FIREWALL: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_firewall"));
+    /// ELF object of `tcp_state` (ebpf-kern/src/bin/tcp_state.rs).
+    pub static TCP_STATE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_state"));
     /// ELF object of `xdp_pass` (ebpf-kern/src/bin/xdp_pass.rs).
     pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass"));
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::api::{
     ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, FlowList, FlowQuery,
     PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
-    RulesRequest,
+    RulesRequest, TcpReport,
 };
 use crate::attach::HeldLink;
 use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
@@ -63,6 +63,8 @@ pub enum LoaderMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
+    /// What every loaded `tcp_state` saw.
+    Tcp { reply: RpcReplyPort<TcpReport> },
     /// Loads refused so far, and the latest reason.
     LoadFailures {
         reply: RpcReplyPort<(u64, Option<String>)>,
@@ -153,6 +155,8 @@ pub struct LoaderState {
     staged: BTreeMap<u64, (std::time::Instant, Vec<FirewallRule>)>,
     /// Loads refused so far, and the latest reason (for the program_load_failure alert).
     load_failures: (u64, Option<String>),
+    /// Set by `Shutdown`: no more loads (a late one would leave pins behind).
+    stopping: bool,
     state_dir: PathBuf,
     pin_root: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
@@ -210,6 +214,7 @@ impl Actor for LoaderActor {
             compiled,
             staged: BTreeMap::new(),
             load_failures: (0, None),
+            stopping: false,
             state_dir: args.state_dir,
             pin_root: args.pin_root,
             programs: BTreeMap::new(),
@@ -227,7 +232,14 @@ impl Actor for LoaderActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             LoaderMsg::Load { name, mode, reply } => {
-                let result = state.load(&name, mode, None);
+                let result = if state.stopping {
+                    Err(ApiError::new(
+                        ErrorKind::Internal,
+                        "the daemon is shutting down",
+                    ))
+                } else {
+                    state.load(&name, mode, None)
+                };
                 if result.is_ok() {
                     state.save_programs();
                 }
@@ -292,6 +304,32 @@ impl Actor for LoaderActor {
             LoaderMsg::Flows { query, reply } => {
                 let _ = reply.send(state.flows(&query));
             }
+            LoaderMsg::Tcp { reply } => {
+                let mut report = TcpReport {
+                    enabled: false,
+                    peers: Vec::new(),
+                    connect_latency_ns_log2: vec![0; ebpf_shared::LATENCY_BUCKETS as usize],
+                };
+                for (id, p) in state
+                    .programs
+                    .iter()
+                    .filter(|(_, p)| p.program_name == "tcp_state")
+                {
+                    match crate::tcp::read(&p.ebpf) {
+                        Ok((peers, hist)) => {
+                            report.enabled = true;
+                            report.peers.extend(peers);
+                            for (sum, v) in report.connect_latency_ns_log2.iter_mut().zip(hist) {
+                                *sum += v;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(program_id = %id, error = %e, "reading the TCP probe failed")
+                        }
+                    }
+                }
+                let _ = reply.send(report);
+            }
             LoaderMsg::LoadFailures { reply } => {
                 let _ = reply.send(state.load_failures.clone());
             }
@@ -320,6 +358,7 @@ impl Actor for LoaderActor {
                 }
             }
             LoaderMsg::Shutdown { keep, reply } => {
+                state.stopping = true;
                 if !keep {
                     for id in state.programs.keys() {
                         sys::remove_pins(&state.pin_root.join(id));
@@ -340,6 +379,7 @@ fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
     match name.strip_suffix(".o").unwrap_or(name) {
         "xdp_firewall" => Some((builtin::XDP_FIREWALL, "xdp_firewall")),
         "xdp_pass" => Some((builtin::XDP_PASS, "xdp_pass")),
+        "tcp_state" => Some((builtin::TCP_STATE, "tcp_state")),
         _ => None,
     }
 }
@@ -882,6 +922,20 @@ impl LoaderState {
             }
         };
         loaded.map_err(|e| load_error(&what, e))?;
+        if wanted_program == Some("tcp_state") {
+            // A tracepoint has one place to attach: the probe is attached as it loads, and the
+            // link lives (and dies) with the loaded object.
+            sys::ensure_tracefs().map_err(|m| ApiError::new(ErrorKind::Unsupported, m))?;
+            let tracepoint: &mut aya::programs::TracePoint = program.try_into().map_err(|_| {
+                ApiError::new(ErrorKind::Internal, "tcp_state is not a tracepoint program")
+            })?;
+            tracepoint.attach("sock", "inet_sock_set_state").map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Unsupported,
+                    format!("attaching tcp_state to the tracepoint sock/inet_sock_set_state failed: {}", sys::chain(&e)),
+                )
+            })?;
+        }
         let kernel_id = program.info().map(|i| i.id()).map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,

@@ -204,6 +204,25 @@ pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
     Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }
 
+/// Mounts tracefs on /sys/kernel/tracing when it is not mounted (it is not by default here);
+/// tracepoint programs attach through it.
+pub fn ensure_tracefs() -> Result<(), String> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting tracefs on /sys/kernel/tracing failed ({e}); mount it with `mount -t tracefs tracefs /sys/kernel/tracing`"))?;
+    tracing::info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
 /// Removes a directory of pins (maps and links) and everything in it. Unlinking a pin drops
 /// only the name: what a process still holds stays alive until it lets go.
 pub fn remove_pins(dir: &Path) {

@@ -351,10 +351,17 @@ impl Daemon {
         let socket = dir.path().join("ebpf.sock");
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{}", unique("pins")));
         let log = dir.path().join("daemon.log");
+        // The TCP probe is global (every namespace's connections): only the tests about it
+        // turn it on.
+        let tcp_probe = if extra_config.contains("enable_tcp_probe") {
+            ""
+        } else {
+            "enable_tcp_probe = false\n"
+        };
         std::fs::write(
             dir.path().join("ebpf.toml"),
             format!(
-                "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{extra_config}\n",
+                "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{tcp_probe}{extra_config}\n",
                 socket.display(),
                 pin_root.display(),
                 dir.path().join("state").display(),
@@ -520,7 +527,8 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.stop();
         }
-        let _ = std::fs::remove_dir(&self.pin_root);
+        // Whatever a failed test left pinned goes too.
+        let _ = std::fs::remove_dir_all(&self.pin_root);
     }
 }
 

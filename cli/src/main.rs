@@ -94,6 +94,8 @@ enum Command {
     Health,
     /// Active alerts: high latency, load or attach failure, map memory, drop rate.
     Alerts,
+    /// TCP connections this host opened, per peer: connect latency, failures, resets.
+    Tcp,
     /// The values /metrics serves; --export writes them to a file.
     Metrics {
         /// Write a snapshot to FILE instead of printing.
@@ -187,6 +189,7 @@ fn main() -> ExitCode {
         Command::Health => Request::Health,
         Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Alerts => Request::Alerts,
+        Command::Tcp => Request::Tcp,
         Command::Metrics { .. } => Request::Metrics,
         Command::Debug(ref d) => match (&d.action, d.enable, d.disable) {
             (Some(DebugAction::Crash { actor }), _, _) => {
@@ -327,6 +330,8 @@ fn print(
         Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
         Response::Metrics(m) if as_json => json(m),
         Response::Metrics(m) => render::metrics(m),
+        Response::Tcp(t) if as_json => json(&t.peers),
+        Response::Tcp(t) => render::tcp(t),
         Response::Alerts(a) if as_json => json(a),
         Response::Alerts(a) => render::alerts(a),
         Response::Done(what) if as_json => json(&serde_json::json!({ "done": what })),

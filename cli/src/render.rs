@@ -2,7 +2,7 @@
 
 use actors::api::{
     Alert, Attachment, Health, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats,
-    Severity, Status,
+    Severity, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -194,4 +194,37 @@ pub fn metrics(m: &MetricsSnapshot) -> String {
         t.add_row(vec![s.name.clone(), labels.join(" "), s.value.to_string()]);
     }
     format!("taken at {}\n\n{t}\n", m.taken_at)
+}
+
+pub fn tcp(report: &TcpReport) -> String {
+    if !report.enabled {
+        return "the TCP probe is not loaded (enable_flow_observability = false, or `load tcp_state`)\n".into();
+    }
+    if report.peers.is_empty() {
+        return "no TCP connections seen yet\n".into();
+    }
+    let mut t = table(&[
+        "PEER",
+        "CONNECTS",
+        "AVG CONNECT (µs)",
+        "FAILED",
+        "RESETS",
+        "CLOSES",
+    ]);
+    for p in &report.peers {
+        let peer = if p.peer.is_ipv6() {
+            format!("[{}]:{}", p.peer, p.port)
+        } else {
+            format!("{}:{}", p.peer, p.port)
+        };
+        t.add_row(vec![
+            peer,
+            p.connects.to_string(),
+            format!("{:.1}", p.connect_avg_us),
+            p.failed.to_string(),
+            p.resets.to_string(),
+            p.closes.to_string(),
+        ]);
+    }
+    format!("{t}\n")
 }

@@ -166,6 +166,60 @@ pub struct FlowTableStats {
     pub packets: u64,
 }
 
+/// Maps of `tcp_state`, the TCP connection probe (tracepoint `sock/inet_sock_set_state`).
+pub mod tcp {
+    /// `LruHashMap<u64, u64>`: socket address → when it entered SYN_SENT (ns).
+    pub const TCP_CONNECTING: &str = "TCP_CONNECTING";
+    /// `LruPerCpuHashMap<TcpPeerKey, TcpPeerStats>`.
+    pub const TCP_PEERS: &str = "TCP_PEERS";
+    /// `PerCpuArray<u64>`, `LATENCY_BUCKETS` entries: connects by log2 of their ns.
+    pub const TCP_CONNECT_LATENCY: &str = "TCP_CONNECT_LATENCY";
+    pub const PEERS_MAX: u32 = 16_384;
+    pub const CONNECTING_MAX: u32 = 65_536;
+
+    /// Fields of the tracepoint record (see
+    /// /sys/kernel/tracing/events/sock/inet_sock_set_state/format).
+    pub const OFF_SKADDR: usize = 8;
+    pub const OFF_OLDSTATE: usize = 16;
+    pub const OFF_NEWSTATE: usize = 20;
+    pub const OFF_DPORT: usize = 26;
+    pub const OFF_FAMILY: usize = 28;
+    pub const OFF_PROTOCOL: usize = 30;
+    pub const OFF_DADDR: usize = 36;
+    pub const OFF_DADDR_V6: usize = 56;
+
+    pub const TCP_ESTABLISHED: i32 = 1;
+    pub const TCP_SYN_SENT: i32 = 2;
+    pub const TCP_CLOSE: i32 = 7;
+    pub const AF_INET: u16 = 2;
+}
+
+/// The remote end of connections this host opened: address (network-order words, IPv4 in
+/// word 0) and port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpPeerKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u16,
+}
+
+/// One CPU's share of what happened with a peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpPeerStats {
+    /// Connections that reached ESTABLISHED from SYN_SENT.
+    pub connects: u64,
+    pub connect_ns_sum: u64,
+    /// Connections that went from SYN_SENT to CLOSE (refused, timed out).
+    pub failed: u64,
+    /// Established connections that went straight to CLOSE: reset.
+    pub resets: u64,
+    /// Every move to CLOSE.
+    pub closes: u64,
+}
+
 /// Bits of `RuleSetHeader::address_tables`: which address tables have entries, so that empty
 /// ones are not looked up.
 pub mod tables {
@@ -355,6 +409,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKeyV4 {}
+    unsafe impl aya::Pod for super::TcpPeerKey {}
+    unsafe impl aya::Pod for super::TcpPeerStats {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowTableStats {}
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub enable_flow_observability: bool,
     /// Flows the kernel table holds before the least recently seen are pushed out.
     pub flow_table_size: u32,
+    /// Load the TCP probe (`tcp_state`) at start, with `enable_flow_observability`.
+    pub enable_tcp_probe: bool,
     pub enable_metrics_export: bool,
     pub enable_dynamic_fallback: bool,
     pub enable_mapek_integration: bool,
@@ -70,6 +72,7 @@ impl Default for Config {
             programs_dir: "/opt/x0tta6bl4/ebpf".into(),
             enable_flow_observability: true,
             flow_table_size: ebpf_shared_flow_table_default(),
+            enable_tcp_probe: true,
             enable_metrics_export: true,
             enable_dynamic_fallback: true,
             enable_mapek_integration: true,

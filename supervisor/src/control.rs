@@ -215,6 +215,9 @@ impl Control {
                 ))
             }
             Request::Metrics => Response::Metrics(Box::pin(crate::metrics::snapshot(self)).await?),
+            Request::Tcp => {
+                Response::Tcp(ask(&loader, "LoaderActor", |reply| LoaderMsg::Tcp { reply }).await?)
+            }
             Request::Alerts => Response::Alerts(match ActorRef::<AlertsMsg>::where_is(ALERTS) {
                 Some(alerts) => {
                     ask(&alerts, "AlertsActor", |reply| AlertsMsg::List { reply }).await?

@@ -218,6 +218,7 @@ async fn run(
         state_dir: config.state_dir.clone(),
         pin_root: config.pin_root.clone(),
         fallback: config.enable_dynamic_fallback,
+        tcp_probe: config.enable_flow_observability && config.enable_tcp_probe,
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),
         firewall,

@@ -21,7 +21,11 @@ use crate::root::LOADER;
 
 /// Every metric family `/metrics` can serve (the Grafana dashboard in `contrib/` may use
 /// only these; a test checks it).
-pub const METRIC_NAMES: [&str; 10] = [
+pub const METRIC_NAMES: [&str; 14] = [
+    "ebpf_tcp_connect_latency_microseconds",
+    "ebpf_tcp_connects_total",
+    "ebpf_tcp_connect_failures_total",
+    "ebpf_tcp_resets_total",
     "ebpf_programs_loaded",
     "ebpf_packets_processed_total",
     "ebpf_packets_dropped_total",
@@ -158,6 +162,10 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
 /// A Prometheus histogram in microseconds from the kernel's log2-of-nanoseconds buckets
 /// (bucket i counts [2^i, 2^(i+1)) ns). The sum is estimated from bucket midpoints.
 fn latency_histogram(program: &str, buckets: &[u64]) -> Metric {
+    log2_ns_histogram(&[("program", program)], buckets)
+}
+
+fn log2_ns_histogram(pairs: &[(&str, &str)], buckets: &[u64]) -> Metric {
     let mut h = Histogram::default();
     let mut cumulative = 0u64;
     let mut sum_us = 0.0;
@@ -173,7 +181,7 @@ fn latency_histogram(program: &str, buckets: &[u64]) -> Metric {
     h.set_bucket(out);
     h.set_sample_count(cumulative);
     h.set_sample_sum(sum_us);
-    let mut m = Metric::from_label(labels(&[("program", program)]));
+    let mut m = Metric::from_label(labels(pairs));
     m.set_histogram(h);
     m
 }
@@ -368,6 +376,43 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
             counter(&[("actor", "attach_actor")], restarts.1),
         ],
     ));
+    if let Response::Tcp(tcp) = control.dispatch(Request::Tcp).await
+        && tcp.enabled
+    {
+        families.push(family(
+            "ebpf_tcp_connect_latency_microseconds",
+            "Time from SYN_SENT to ESTABLISHED of TCP connections this host opened",
+            MetricType::HISTOGRAM,
+            vec![log2_ns_histogram(&[], &tcp.connect_latency_ns_log2)],
+        ));
+        let per_peer = |value: fn(&actors::api::TcpPeer) -> u64| -> Vec<Metric> {
+            tcp.peers
+                .iter()
+                .map(|p| {
+                    let peer = format!("{}:{}", p.peer, p.port);
+                    counter(&[("peer", peer.as_str())], value(p))
+                })
+                .collect()
+        };
+        families.push(family(
+            "ebpf_tcp_connects_total",
+            "TCP connections established, by peer",
+            MetricType::COUNTER,
+            per_peer(|p| p.connects),
+        ));
+        families.push(family(
+            "ebpf_tcp_connect_failures_total",
+            "TCP connects that never established (refused, timed out), by peer",
+            MetricType::COUNTER,
+            per_peer(|p| p.failed),
+        ));
+        families.push(family(
+            "ebpf_tcp_resets_total",
+            "Established TCP connections reset, by peer",
+            MetricType::COUNTER,
+            per_peer(|p| p.resets),
+        ));
+    }
     families.push(family(
         "ebpf_alerts_active",
         "1 while the alert is active",

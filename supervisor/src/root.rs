@@ -25,6 +25,8 @@ pub struct StartupPlan {
     pub pin_root: std::path::PathBuf,
     /// `enable_dynamic_fallback`: degrade refused driver-mode attaches to skb.
     pub fallback: bool,
+    /// Load the TCP probe (`tcp_state`) at start (with `enable_flow_observability`).
+    pub tcp_probe: bool,
     pub firewall: FirewallSettings,
     /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
     pub auto_attach: Option<(String, AttachMode)>,
@@ -215,6 +217,27 @@ impl RootState {
     }
 
     async fn run_plan(&mut self) -> Result<(), ApiError> {
+        if self.plan.tcp_probe
+            && let Some(loader) = &self.loader
+        {
+            let loaded = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+            if !loaded.iter().any(|p| p.name == "tcp_state") {
+                match ask(loader, "LoaderActor", |reply| LoaderMsg::Load {
+                    name: "tcp_state".into(),
+                    mode: None,
+                    reply,
+                })
+                .await?
+                {
+                    Ok(info) => {
+                        info!(program_id = %info.id, "TCP probe loaded on sock/inet_sock_set_state")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "the TCP probe could not be loaded; tcp shows nothing")
+                    }
+                }
+            }
+        }
         let Some((interface, mode)) = self.plan.auto_attach.clone() else {
             return Ok(());
         };

@@ -223,6 +223,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
         state_dir: dirs.state.path().to_path_buf(),
         pin_root: dirs.pins.clone(),
         fallback: true,
+        tcp_probe: false,
         firewall: Default::default(),
         auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
     };
