@@ -123,3 +123,61 @@ fn flows_can_be_turned_off() {
     let human = String::from_utf8(daemon.cli(&["flows"]).stdout).unwrap();
     assert!(human.contains("flow accounting is off"), "{human}");
 }
+
+#[test]
+fn follow_streams_new_and_updated_flows() {
+    use std::io::BufRead as _;
+    let hosts = TwoHosts::new();
+    let config = format!(
+        "interface = \"{}\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    daemon.wait_attached();
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = Follower(
+        std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpf"))
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["flows", "--follow", "--json", "--dport", "7777"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let packets_seen = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no flow line with {want} packets"));
+            let f: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(f["destination_port"], 7777, "the filter applies: {f}");
+            if f["packets"] == want {
+                return;
+            }
+        }
+    };
+    hosts.send_udp_from_port(hosts.ips_b[0], 47777, 7777, 5, 10);
+    packets_seen(5);
+    hosts.send_udp_from_port(hosts.ips_b[0], 47777, 7777, 3, 10);
+    packets_seen(8);
+}

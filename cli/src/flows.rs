@@ -19,6 +19,9 @@ pub enum SortArg {
 
 #[derive(Args, Debug)]
 pub struct FlowArgs {
+    /// Keep printing flows as they appear or change (every second) until Ctrl-C.
+    #[arg(long, short)]
+    pub follow: bool,
     /// Source address or CIDR.
     #[arg(long)]
     source: Option<Cidr>,
@@ -68,6 +71,84 @@ impl FlowArgs {
             },
             limit: self.limit,
         }
+    }
+}
+
+/// `flows --follow`: asks the daemon every second and prints the flows that are new or saw
+/// packets since the last look (as JSON lines with `--json`), until Ctrl-C or a lost daemon.
+pub fn follow(
+    socket: &std::path::Path,
+    timeout: std::time::Duration,
+    query: FlowQuery,
+    as_json: bool,
+) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::io::Write as _;
+    let query = FlowQuery {
+        limit: None,
+        ..query
+    };
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut out = std::io::stdout();
+    loop {
+        let list =
+            match crate::client::call(socket, timeout, &actors::api::Request::Flows(query.clone()))
+            {
+                Ok(actors::api::Response::Flows(list)) => list,
+                Ok(actors::api::Response::Error(e)) => return Err(e.message),
+                Ok(_) => return Err("unexpected answer to flows".into()),
+                Err(
+                    crate::client::ClientError::Unreachable(m)
+                    | crate::client::ClientError::Exchange(m),
+                ) => return Err(m),
+            };
+        if !list.enabled {
+            return Err(
+                "flow accounting is off (enable_flow_observability = false in the daemon's config)"
+                    .into(),
+            );
+        }
+        let mut changed: Vec<_> = list
+            .flows
+            .into_iter()
+            .filter(|f| {
+                let key = format!(
+                    "{}|{}|{}|{}|{}|{}",
+                    f.source,
+                    f.source_port,
+                    f.destination,
+                    f.destination_port,
+                    f.protocol,
+                    f.interface
+                );
+                seen.insert(key, f.packets) != Some(f.packets)
+            })
+            .collect();
+        changed.sort_by(|a, b| a.last_seen.cmp(&b.last_seen));
+        for f in &changed {
+            let line = if as_json {
+                serde_json::to_string(f).expect("flows serialize")
+            } else {
+                format!(
+                    "{}  {}:{} -> {}:{}  {}  {} packets  {} bytes  {:?}  {}",
+                    f.last_seen,
+                    f.source,
+                    f.source_port,
+                    f.destination,
+                    f.destination_port,
+                    f.protocol,
+                    f.packets,
+                    f.bytes,
+                    f.verdict,
+                    f.interface
+                )
+                .to_lowercase()
+            };
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                return Ok(()); // the reader went away (a closed pipe)
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 

@@ -212,6 +212,22 @@ fn main() -> ExitCode {
             }
         },
     };
+    if let Command::Flows(args) = &cli.command
+        && args.follow
+    {
+        return match flows::follow(
+            &cli.socket,
+            Duration::from_secs(cli.timeout),
+            args.query(),
+            cli.json,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(m) => {
+                eprintln!("x0tta6bl4-ebpf: {m}");
+                ExitCode::from(1)
+            }
+        };
+    }
     // A rule set too large for one frame goes in chunks; the last answer is the one to show.
     let frames = match request {
         Request::Rules(r) => rules::in_frames(r)
