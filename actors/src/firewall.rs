@@ -458,18 +458,6 @@ impl MonotonicToWall {
     }
 }
 
-fn address(words: &[u32; 4], family: u8) -> std::net::IpAddr {
-    let mut bytes = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    if family == 6 {
-        std::net::IpAddr::from(bytes)
-    } else {
-        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-}
-
 fn protocol_name(p: u8) -> String {
     match p {
         proto::TCP => "tcp".into(),
@@ -487,8 +475,8 @@ fn flow_record(
     clock: &MonotonicToWall,
 ) -> FlowRecord {
     FlowRecord {
-        source: address(&key.src, key.family),
-        destination: address(&key.dst, key.family),
+        source: crate::sys::address_from_words(&key.src, key.family == 6),
+        destination: crate::sys::address_from_words(&key.dst, key.family == 6),
         source_port: key.source_port,
         destination_port: key.dest_port,
         protocol: protocol_name(key.protocol),

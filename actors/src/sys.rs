@@ -204,6 +204,20 @@ pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
     Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
 }
 
+/// An address as the kernel programs keep it (network-order words as read from the packet,
+/// IPv4 in word 0).
+pub fn address_from_words(words: &[u32; 4], v6: bool) -> std::net::IpAddr {
+    let mut bytes = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    if v6 {
+        std::net::IpAddr::from(bytes)
+    } else {
+        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}
+
 /// Mounts tracefs on /sys/kernel/tracing when it is not mounted (it is not by default here);
 /// tracepoint programs attach through it.
 pub fn ensure_tracefs() -> Result<(), String> {

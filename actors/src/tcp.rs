@@ -6,18 +6,6 @@ use ebpf_shared::{LATENCY_BUCKETS, TcpPeerKey, TcpPeerStats, tcp};
 
 use crate::api::TcpPeer;
 
-fn address(words: &[u32; 4], family: u16) -> std::net::IpAddr {
-    let mut bytes = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    if family == 6 {
-        std::net::IpAddr::from(bytes)
-    } else {
-        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-}
-
 /// Per-peer statistics (CPUs' shares summed) and the connect-latency histogram.
 pub fn read(ebpf: &Ebpf) -> Result<(Vec<TcpPeer>, Vec<u64>), String> {
     let peers_map = ebpf.map(tcp::TCP_PEERS).ok_or("no TCP_PEERS map")?;
@@ -35,7 +23,7 @@ pub fn read(ebpf: &Ebpf) -> Result<(Vec<TcpPeer>, Vec<u64>), String> {
             total.closes += s.closes;
         }
         out.push(TcpPeer {
-            peer: address(&key.addr, key.family),
+            peer: crate::sys::address_from_words(&key.addr, key.family == 6),
             port: key.port,
             connects: total.connects,
             connect_avg_us: if total.connects == 0 {
