@@ -8,6 +8,7 @@ mod client;
 mod flows;
 mod render;
 mod rules;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,8 @@ enum Command {
     Health,
     /// Active alerts: high latency, load or attach failure, map memory, drop rate.
     Alerts,
+    /// A live view: throughput, drop rate, attachments, alerts, top flows; q quits.
+    Top,
     /// TCP connections this host opened, per peer: connect latency, failures, resets.
     Tcp,
     /// The values /metrics serves; --export writes them to a file.
@@ -152,6 +155,15 @@ fn main() -> ExitCode {
                 &mut std::io::stdout(),
             );
             return ExitCode::SUCCESS;
+        }
+        Command::Top => {
+            return match top::run(&cli.socket, Duration::from_secs(cli.timeout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(m) => {
+                    eprintln!("x0tta6bl4-ebpf: {m}");
+                    ExitCode::from(1)
+                }
+            };
         }
         Command::Status => Request::Status,
         Command::Load { ref name, mode } => Request::Load {
