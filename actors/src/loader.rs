@@ -73,6 +73,10 @@ pub enum LoaderMsg {
     Latency {
         reply: RpcReplyPort<Vec<(String, Vec<u64>)>>,
     },
+    /// Bytes the kernel charges for each loaded program's maps (fdinfo `memlock`, summed).
+    MapMemory {
+        reply: RpcReplyPort<Vec<(String, u64)>>,
+    },
     /// Removes the pin of a link whose holder is gone, which detaches it.
     ForgetLink {
         program_id: String,
@@ -173,6 +177,29 @@ struct LoadedProgram {
     /// The program's name inside `ebpf`.
     program_name: String,
     info: ProgramInfo,
+}
+
+/// The memory of every map `p` uses, as the kernel counts it: the program's map ids, each
+/// map's fdinfo `memlock`, summed. Covers the maps the object declares and its `.rodata`/`.bss`.
+fn map_memory(p: &LoadedProgram) -> Result<u64, String> {
+    use std::os::fd::AsFd as _;
+    let program = p
+        .ebpf
+        .program(&p.program_name)
+        .ok_or_else(|| format!("program {} is missing from its object", p.program_name))?;
+    let info = program.info().map_err(|e| sys::chain(&e))?;
+    let ids = info
+        .map_ids()
+        .map_err(|e| sys::chain(&e))?
+        .unwrap_or_default();
+    let mut total = 0;
+    for id in ids {
+        let map = aya::maps::MapInfo::from_id(id).map_err(|e| sys::chain(&e))?;
+        let fd = map.fd().map_err(|e| sys::chain(&e))?;
+        total +=
+            sys::fdinfo_field(fd.as_fd(), "memlock").map_err(|e| format!("map id {id}: {e}"))?;
+    }
+    Ok(total)
 }
 
 pub struct LoaderActor;
@@ -347,6 +374,20 @@ impl Actor for LoaderActor {
                     })
                     .collect();
                 let _ = reply.send(histograms);
+            }
+            LoaderMsg::MapMemory { reply } => {
+                let usage = state
+                    .programs
+                    .iter()
+                    .filter_map(|(id, p)| match map_memory(p) {
+                        Ok(bytes) => Some((id.clone(), bytes)),
+                        Err(e) => {
+                            warn!(program_id = %id, error = %e, "reading map memory failed");
+                            None
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(usage);
             }
             LoaderMsg::ForgetLink {
                 program_id,

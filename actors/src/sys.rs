@@ -253,6 +253,24 @@ pub fn remove_pins(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// One numeric field of `/proc/self/fdinfo/<fd>`. For a BPF map, `memlock` is the memory the
+/// kernel charges for it, the figure `bpftool map show` prints as `memlock`.
+pub fn fdinfo_field(fd: std::os::fd::BorrowedFd<'_>, key: &str) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let path = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    let text = std::fs::read_to_string(&path)?;
+    text.lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(k, _)| k.trim() == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{path} has no numeric `{key}` field"),
+            )
+        })
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
@@ -291,6 +309,19 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn fdinfo_fields_are_read_and_missing_ones_named() {
+        use std::os::fd::AsFd as _;
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        // Every fdinfo has `flags` (octal digits) and `mnt_id`.
+        assert!(fdinfo_field(file.as_fd(), "mnt_id").is_ok());
+        let err = fdinfo_field(file.as_fd(), "memlock").unwrap_err();
+        assert!(
+            err.to_string().contains("no numeric `memlock` field"),
+            "{err}"
+        );
     }
 
     #[test]

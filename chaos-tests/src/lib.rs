@@ -537,6 +537,33 @@ pub fn kernel_has_program(id: u64) -> bool {
     bpftool_ids(&["prog", "show"], "id").contains(&id)
 }
 
+/// What bpftool says the maps of program `kernel_id` cost: the sum of `bytes_memlock` over the
+/// program's `map_ids`.
+pub fn kernel_map_memlock_of(kernel_id: u64) -> u64 {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run(Command::new("bpftool").arg("--json").args(args));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bpftool {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let id = kernel_id.to_string();
+    let prog = json(&["prog", "show", "id", &id]);
+    prog["map_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("bpftool shows no map_ids for program {kernel_id}: {prog}"))
+        .iter()
+        .map(|m| {
+            let map_id = m.as_u64().unwrap().to_string();
+            json(&["map", "show", "id", &map_id])["bytes_memlock"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("bpftool shows no bytes_memlock for map {map_id}"))
+        })
+        .sum()
+}
+
 /// Ids of the bpf_links that point at program `kernel_id`.
 pub fn kernel_links_of(kernel_id: u64) -> Vec<u64> {
     let out = run(Command::new("bpftool").args(["--json", "link", "show"]));

@@ -71,6 +71,15 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
         assert!(body.contains(&expected), "missing {expected:?} in:\n{body}");
     }
 
+    // Map memory: the kernel's figure, the same one bpftool prints.
+    let kernel_id = daemon.cli_json(&["programs"])[0]["kernel_id"]
+        .as_u64()
+        .unwrap();
+    let memlock = chaos_tests::kernel_map_memlock_of(kernel_id);
+    assert!(memlock > 0);
+    let expected = format!("ebpf_memory_usage_bytes{{program=\"xdp_firewall-1\"}} {memlock}");
+    assert!(body.contains(&expected), "missing {expected:?} in:\n{body}");
+
     // promtool parses it (exit 1 would be a format error). Its linter's one remark is the
     // original design's metric name, which carries a unit other than seconds.
     let mut promtool = std::process::Command::new("promtool")

@@ -20,8 +20,8 @@ use crate::control::Control;
 use crate::root::LOADER;
 
 /// Every metric family `/metrics` can serve (the Grafana dashboard in `contrib/` may use
-/// only these; a test checks it).
-pub const METRIC_NAMES: [&str; 14] = [
+/// only these; a test checks it, and debug builds assert that nothing else is served).
+pub const METRIC_NAMES: [&str; 15] = [
     "ebpf_tcp_connect_latency_microseconds",
     "ebpf_tcp_connects_total",
     "ebpf_tcp_connect_failures_total",
@@ -31,6 +31,7 @@ pub const METRIC_NAMES: [&str; 14] = [
     "ebpf_packets_dropped_total",
     "ebpf_flows_active",
     "ebpf_flows_lost_total",
+    "ebpf_memory_usage_bytes",
     "ebpf_errors_total",
     "ebpf_latency_microseconds",
     "ebpf_attach_mode",
@@ -151,6 +152,10 @@ fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
 }
 
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    debug_assert!(
+        METRIC_NAMES.contains(&name),
+        "{name} is served but missing from METRIC_NAMES"
+    );
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
     f.set_help(help.to_string());
@@ -264,6 +269,14 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    let map_memory = match ActorRef::<LoaderMsg>::where_is(LOADER) {
+        Some(loader) => ask(&loader, "LoaderActor", |reply| LoaderMsg::MapMemory {
+            reply,
+        })
+        .await
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let restarts = control.restarts().await;
     let active_alerts = match control.dispatch(Request::Alerts).await {
         Response::Alerts(a) => a,
@@ -312,6 +325,15 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
         tables
             .iter()
             .map(|t| gauge(&[("program", t.program_id.as_str())], t.entries as f64))
+            .collect(),
+    ));
+    families.push(family(
+        "ebpf_memory_usage_bytes",
+        "Memory usage of eBPF maps: the kernel's memlock charge of each program's maps",
+        MetricType::GAUGE,
+        map_memory
+            .iter()
+            .map(|(program, bytes)| gauge(&[("program", program.as_str())], *bytes as f64))
             .collect(),
     ));
     families.push(family(
