@@ -73,9 +73,10 @@ pub enum LoaderMsg {
     Latency {
         reply: RpcReplyPort<Vec<(String, Vec<u64>)>>,
     },
-    /// Bytes the kernel charges for each loaded program's maps (fdinfo `memlock`, summed).
+    /// Bytes the kernel charges for each map of each loaded program (fdinfo `memlock`):
+    /// (program id, [(map name, bytes)]).
     MapMemory {
-        reply: RpcReplyPort<Vec<(String, u64)>>,
+        reply: RpcReplyPort<Vec<(String, MapUsage)>>,
     },
     /// Removes the pin of a link whose holder is gone, which detaches it.
     ForgetLink {
@@ -179,9 +180,14 @@ struct LoadedProgram {
     info: ProgramInfo,
 }
 
-/// The memory of every map `p` uses, as the kernel counts it: the program's map ids, each
-/// map's fdinfo `memlock`, summed. Covers the maps the object declares and its `.rodata`/`.bss`.
-fn map_memory(p: &LoadedProgram) -> Result<u64, String> {
+/// (map name, bytes) for each map of one program.
+pub type MapUsage = Vec<(String, u64)>;
+
+/// The memory of each map `p` uses, as the kernel counts it: for each of the program's map
+/// ids, the map's fdinfo `memlock`. Covers the maps the object declares and its
+/// `.rodata`/`.bss`. Maps are named as the object names them, matched by map id (the kernel
+/// keeps only 15 bytes of a name, which would leave `FW_SRC_V4_EXACT_0` and `_1` one name).
+fn map_memory(p: &LoadedProgram) -> Result<MapUsage, String> {
     use std::os::fd::AsFd as _;
     let program = p
         .ebpf
@@ -192,14 +198,61 @@ fn map_memory(p: &LoadedProgram) -> Result<u64, String> {
         .map_ids()
         .map_err(|e| sys::chain(&e))?
         .unwrap_or_default();
-    let mut total = 0;
+    let names: BTreeMap<u32, &str> = p
+        .ebpf
+        .maps()
+        .filter_map(|(name, map)| Some((map_data(map).info().ok()?.id(), name)))
+        .collect();
+    let mut usage = Vec::with_capacity(ids.len());
     for id in ids {
         let map = aya::maps::MapInfo::from_id(id).map_err(|e| sys::chain(&e))?;
         let fd = map.fd().map_err(|e| sys::chain(&e))?;
-        total +=
+        let bytes =
             sys::fdinfo_field(fd.as_fd(), "memlock").map_err(|e| format!("map id {id}: {e}"))?;
+        let name = match names.get(&id) {
+            Some(name) => name.to_string(),
+            None => format!("{}#{id}", map.name_as_str().unwrap_or_default()),
+        };
+        usage.push((name, bytes));
     }
-    Ok(total)
+    Ok(usage)
+}
+
+/// The kernel map behind any kind of aya map.
+fn map_data(map: &aya::maps::Map) -> &aya::maps::MapData {
+    use aya::maps::Map::*;
+    match map {
+        Array(m)
+        | ArrayOfMaps(m)
+        | BloomFilter(m)
+        | CgroupArray(m)
+        | CgroupStorage(m)
+        | CgrpStorage(m)
+        | CpuMap(m)
+        | DevMap(m)
+        | DevMapHash(m)
+        | HashMap(m)
+        | HashOfMaps(m)
+        | InodeStorage(m)
+        | LpmTrie(m)
+        | LruHashMap(m)
+        | PerCpuArray(m)
+        | PerCpuCgroupStorage(m)
+        | PerCpuHashMap(m)
+        | PerCpuLruHashMap(m)
+        | PerfEventArray(m)
+        | ProgramArray(m)
+        | Queue(m)
+        | ReusePortSockArray(m)
+        | RingBuf(m)
+        | SockHash(m)
+        | SockMap(m)
+        | SkStorage(m)
+        | Stack(m)
+        | StackTraceMap(m)
+        | Unsupported(m)
+        | XskMap(m) => m,
+    }
 }
 
 pub struct LoaderActor;

@@ -537,9 +537,9 @@ pub fn kernel_has_program(id: u64) -> bool {
     bpftool_ids(&["prog", "show"], "id").contains(&id)
 }
 
-/// What bpftool says the maps of program `kernel_id` cost: the sum of `bytes_memlock` over the
-/// program's `map_ids`.
-pub fn kernel_map_memlock_of(kernel_id: u64) -> u64 {
+/// What bpftool says each map of program `kernel_id` costs: (`name`, `bytes_memlock`) for each
+/// of the program's `map_ids`.
+pub fn kernel_map_memlock_of(kernel_id: u64) -> Vec<(String, u64)> {
     let json = |args: &[&str]| -> serde_json::Value {
         let out = run(Command::new("bpftool").arg("--json").args(args));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -557,11 +557,13 @@ pub fn kernel_map_memlock_of(kernel_id: u64) -> u64 {
         .iter()
         .map(|m| {
             let map_id = m.as_u64().unwrap().to_string();
-            json(&["map", "show", "id", &map_id])["bytes_memlock"]
+            let map = json(&["map", "show", "id", &map_id]);
+            let bytes = map["bytes_memlock"]
                 .as_u64()
-                .unwrap_or_else(|| panic!("bpftool shows no bytes_memlock for map {map_id}"))
+                .unwrap_or_else(|| panic!("bpftool shows no bytes_memlock for map {map_id}"));
+            (map["name"].as_str().unwrap_or_default().to_string(), bytes)
         })
-        .sum()
+        .collect()
 }
 
 /// Ids of the bpf_links that point at program `kernel_id`.

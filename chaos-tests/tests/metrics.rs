@@ -71,14 +71,47 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
         assert!(body.contains(&expected), "missing {expected:?} in:\n{body}");
     }
 
-    // Map memory: the kernel's figure, the same one bpftool prints.
+    // Map memory, one series per map: the kernel's figures, the same ones bpftool prints. The
+    // kernel keeps 15 bytes of a map's name; the metric names the map as the object does.
     let kernel_id = daemon.cli_json(&["programs"])[0]["kernel_id"]
         .as_u64()
         .unwrap();
-    let memlock = chaos_tests::kernel_map_memlock_of(kernel_id);
-    assert!(memlock > 0);
-    let expected = format!("ebpf_memory_usage_bytes{{program=\"xdp_firewall-1\"}} {memlock}");
-    assert!(body.contains(&expected), "missing {expected:?} in:\n{body}");
+    let kernel_maps = chaos_tests::kernel_map_memlock_of(kernel_id);
+    assert!(kernel_maps.len() >= 5, "{kernel_maps:?}");
+    let served: Vec<(String, u64)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("ebpf_memory_usage_bytes{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            assert!(
+                labels.starts_with("program=\"xdp_firewall-1\",map=\""),
+                "{l}"
+            );
+            let map = labels.split("map=\"").nth(1)?.trim_end_matches('"');
+            Some((map.to_string(), value.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(
+        served.len(),
+        kernel_maps.len(),
+        "{served:?} vs bpftool {kernel_maps:?}"
+    );
+    for (name, bytes) in &kernel_maps {
+        assert!(
+            served
+                .iter()
+                .any(|(map, b)| b == bytes && (map == name || map.starts_with(name.as_str()))),
+            "bpftool's map {name} ({bytes} B) is not in {served:?}"
+        );
+    }
+    let names: std::collections::BTreeSet<&str> = served.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(names.len(), served.len(), "one series per map: {served:?}");
+    for map in ["FW_FLOWS4", "FW_SRC_V4_EXACT_0", "FW_SRC_V4_EXACT_1"] {
+        assert!(
+            served.iter().filter(|(m, b)| m == map && *b > 0).count() == 1,
+            "{map} once in {served:?}"
+        );
+    }
 
     // promtool parses it (exit 1 would be a format error). Its linter's one remark is the
     // original design's metric name, which carries a unit other than seconds.

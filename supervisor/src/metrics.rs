@@ -329,11 +329,18 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
     ));
     families.push(family(
         "ebpf_memory_usage_bytes",
-        "Memory usage of eBPF maps: the kernel's memlock charge of each program's maps",
+        "Memory usage of eBPF maps: the kernel's memlock charge of each map",
         MetricType::GAUGE,
         map_memory
             .iter()
-            .map(|(program, bytes)| gauge(&[("program", program.as_str())], *bytes as f64))
+            .flat_map(|(program, maps)| {
+                maps.iter().map(move |(map, bytes)| {
+                    gauge(
+                        &[("program", program.as_str()), ("map", map.as_str())],
+                        *bytes as f64,
+                    )
+                })
+            })
             .collect(),
     ));
     families.push(family(
