@@ -183,39 +183,19 @@ struct LoadedProgram {
 /// (map name, bytes) for each map of one program.
 pub type MapUsage = Vec<(String, u64)>;
 
-/// The memory of each map `p` uses, as the kernel counts it: for each of the program's map
-/// ids, the map's fdinfo `memlock`. Covers the maps the object declares and its
-/// `.rodata`/`.bss`. Maps are named as the object names them, matched by map id (the kernel
-/// keeps only 15 bytes of a name, which would leave `FW_SRC_V4_EXACT_0` and `_1` one name).
+/// The memory of each map of `p`'s object, as the kernel counts it now: the map's fdinfo
+/// `memlock` (a trie's charge grows with its entries). One read per map through the fd aya
+/// already holds; names are the object's, not the kernel's 15-byte truncations.
 fn map_memory(p: &LoadedProgram) -> Result<MapUsage, String> {
     use std::os::fd::AsFd as _;
-    let program = p
-        .ebpf
-        .program(&p.program_name)
-        .ok_or_else(|| format!("program {} is missing from its object", p.program_name))?;
-    let info = program.info().map_err(|e| sys::chain(&e))?;
-    let ids = info
-        .map_ids()
-        .map_err(|e| sys::chain(&e))?
-        .unwrap_or_default();
-    let names: BTreeMap<u32, &str> = p
-        .ebpf
+    p.ebpf
         .maps()
-        .filter_map(|(name, map)| Some((map_data(map).info().ok()?.id(), name)))
-        .collect();
-    let mut usage = Vec::with_capacity(ids.len());
-    for id in ids {
-        let map = aya::maps::MapInfo::from_id(id).map_err(|e| sys::chain(&e))?;
-        let fd = map.fd().map_err(|e| sys::chain(&e))?;
-        let bytes =
-            sys::fdinfo_field(fd.as_fd(), "memlock").map_err(|e| format!("map id {id}: {e}"))?;
-        let name = match names.get(&id) {
-            Some(name) => name.to_string(),
-            None => format!("{}#{id}", map.name_as_str().unwrap_or_default()),
-        };
-        usage.push((name, bytes));
-    }
-    Ok(usage)
+        .map(|(name, map)| {
+            sys::fdinfo_field(map_data(map).fd().as_fd(), "memlock")
+                .map(|bytes| (name.to_string(), bytes))
+                .map_err(|e| format!("map {name}: {e}"))
+        })
+        .collect()
 }
 
 /// The kernel map behind any kind of aya map.

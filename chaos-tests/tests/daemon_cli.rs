@@ -423,26 +423,23 @@ fn cli_without_a_daemon_says_where_it_looked_and_what_to_do() {
 fn config_errors_name_the_key_and_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "interface = \"eth0\"\nmonitoring_interval = 5\n").unwrap();
-    let out = std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpfd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpfd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let out = check("interface = \"eth0\"\nmonitoring_interval = 5\n");
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
         err.contains("monitoring_interval") && err.contains("bad.toml"),
         "{err}"
     );
-    std::fs::write(&config, "prometheus_port = 9100\n").unwrap();
-    let out = std::process::Command::new(chaos_tests::binary("x0tta6bl4-ebpfd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let out = check("prometheus_port = 9100\n");
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

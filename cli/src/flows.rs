@@ -4,6 +4,8 @@ use actors::api::{Cidr, FlowList, FlowQuery, FlowSort, FlowVerdict, Protocol};
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 
+use crate::render::endpoint;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum VerdictArg {
     Forwarded,
@@ -174,18 +176,6 @@ pub fn render(list: &FlowList) -> String {
             "LAST SEEN",
         ]);
         for f in &list.flows {
-            let endpoint = |ip: &std::net::IpAddr, port: u16| {
-                let host = if ip.is_ipv6() {
-                    format!("[{ip}]")
-                } else {
-                    ip.to_string()
-                };
-                if port == 0 {
-                    host
-                } else {
-                    format!("{host}:{port}")
-                }
-            };
             t.add_row(vec![
                 endpoint(&f.source, f.source_port),
                 endpoint(&f.destination, f.destination_port),

@@ -52,18 +52,33 @@ pub fn status(s: &Status) -> String {
     out
 }
 
+/// The attach mode, and the mode asked for when the daemon had to fall back.
+pub fn mode(a: &Attachment) -> String {
+    if a.mode == a.requested_mode {
+        a.mode.to_string()
+    } else {
+        format!("{} (degraded from {})", a.mode, a.requested_mode)
+    }
+}
+
+/// `10.0.0.1:80`, `[fd00::1]:80`, or the bare address for port-less protocols.
+pub fn endpoint(ip: &std::net::IpAddr, port: u16) -> String {
+    if port != 0 {
+        std::net::SocketAddr::new(*ip, port).to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
 fn attachment_table(attachments: &[Attachment]) -> String {
     let mut t = table(&["PROGRAM", "INTERFACE", "MODE", "TYPE"]);
     for a in attachments {
-        let mode = if a.mode == a.requested_mode {
-            a.mode.to_string()
-        } else {
-            format!("{} (degraded from {})", a.mode, a.requested_mode)
-        };
         t.add_row(vec![
             a.program_id.clone(),
             a.interface.clone(),
-            mode,
+            mode(a),
             a.program_type.to_string(),
         ]);
     }
@@ -227,4 +242,19 @@ pub fn tcp(report: &TcpReport) -> String {
         ]);
     }
     format!("{t}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn endpoints_bracket_v6_and_drop_a_zero_port() {
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(endpoint(&v4, 80), "10.0.0.1:80");
+        assert_eq!(endpoint(&v4, 0), "10.0.0.1");
+        assert_eq!(endpoint(&v6, 80), "[fd00::1]:80");
+        assert_eq!(endpoint(&v6, 0), "[fd00::1]");
+    }
 }

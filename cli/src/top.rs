@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use actors::api::{Alert, Attachment, FlowQuery, FlowRecord, FlowSort, Request, Response, Status};
+use actors::api::{Alert, FlowQuery, FlowRecord, FlowSort, Request, Response, Status};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -14,6 +14,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table};
 
 use crate::client::{self, ClientError};
+use crate::render::{endpoint, mode};
 
 const REFRESH: Duration = Duration::from_secs(1);
 const HISTORY: usize = 120;
@@ -75,28 +76,6 @@ fn refresh(
     };
     if let Ok(Response::Flows(f)) = ask(socket, timeout, Request::Flows(top)) {
         view.flows = f.flows;
-    }
-}
-
-/// `10.0.0.1:80`, `[fd00::1]:80`, or the bare address for port-less protocols.
-fn endpoint(ip: &std::net::IpAddr, port: u16) -> String {
-    let host = if ip.is_ipv6() {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
-    };
-    if port == 0 {
-        host
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-fn mode(a: &Attachment) -> String {
-    if a.mode == a.requested_mode {
-        a.mode.to_string()
-    } else {
-        format!("{} (degraded from {})", a.mode, a.requested_mode)
     }
 }
 
