@@ -220,6 +220,15 @@ pub enum FlowVerdict {
     Dropped,
 }
 
+impl fmt::Display for FlowVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlowVerdict::Forwarded => "forwarded",
+            FlowVerdict::Dropped => "dropped",
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlowSort {

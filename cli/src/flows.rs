@@ -182,10 +182,7 @@ pub fn render(list: &FlowList) -> String {
                 f.protocol.clone(),
                 f.packets.to_string(),
                 f.bytes.to_string(),
-                match f.verdict {
-                    FlowVerdict::Forwarded => "forwarded".into(),
-                    FlowVerdict::Dropped => "dropped".into(),
-                },
+                f.verdict.to_string(),
                 if f.tcp_flags.is_empty() {
                     "-".into()
                 } else {

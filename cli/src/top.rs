@@ -195,7 +195,7 @@ fn draw(frame: &mut ratatui::Frame, view: &View) {
                 f.protocol.clone(),
                 f.packets.to_string(),
                 f.bytes.to_string(),
-                format!("{:?}", f.verdict).to_lowercase(),
+                f.verdict.to_string(),
             ])
         })
         .collect();
