@@ -365,7 +365,8 @@ impl Daemon {
                 socket.display(),
                 pin_root.display(),
                 dir.path().join("state").display(),
-                dir.path().join("ebpfd.log").display(),
+                // A directory that does not exist yet: the daemon creates it.
+                dir.path().join("log/x0tta6bl4/ebpf.log").display(),
                 dir.path().join("programs").display(),
             ),
         )
@@ -437,6 +438,11 @@ impl Daemon {
             "x0tta6bl4-ebpfd did not open its socket within 20s:\n{}",
             self.log_text()
         );
+    }
+
+    /// The daemon's `log_file` (its stderr is `log_text`).
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("log/x0tta6bl4/ebpf.log")
     }
 
     pub fn log_text(&self) -> String {

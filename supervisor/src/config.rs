@@ -59,6 +59,10 @@ pub struct Config {
     pub pin_root: PathBuf,
     pub state_dir: PathBuf,
     pub log_file: PathBuf,
+    /// `log_file` is rotated once it grows past this many bytes (to `ebpf.log.1`, …).
+    pub log_max_bytes: u64,
+    /// Rotated log files kept besides `log_file`; older ones are deleted.
+    pub log_max_files: u32,
     /// The original design's per-program JSON file.
     pub programs_config: Option<PathBuf>,
     /// The same per-program config, inline.
@@ -86,6 +90,8 @@ impl Default for Config {
             pin_root: "/sys/fs/bpf/x0tta6bl4".into(),
             state_dir: "/var/lib/x0tta6bl4/ebpf".into(),
             log_file: "/var/log/x0tta6bl4/ebpf.log".into(),
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
             programs_config: None,
             programs: BTreeMap::new(),
         }
@@ -163,6 +169,20 @@ impl Config {
                 path,
                 "flow_table_size",
                 format!("{} is outside 1024..=16777216 flows", self.flow_table_size),
+            ));
+        }
+        if self.log_max_bytes < 4096 {
+            return Err(invalid(
+                path,
+                "log_max_bytes",
+                format!("{} bytes is too small: use at least 4096", self.log_max_bytes),
+            ));
+        }
+        if self.log_max_files == 0 {
+            return Err(invalid(
+                path,
+                "log_max_files",
+                "must keep at least 1 rotated file",
             ));
         }
         if self.prometheus_port == 0 {

@@ -127,7 +127,8 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Logs go to stderr and to `log_file` (rotated daily). A log file that cannot be opened is
+/// Logs go to stderr and to `log_file`, which is rotated by size (`log_max_bytes`, keeping
+/// `log_max_files` as `ebpf.log.1` …, newest first). A log file that cannot be opened is
 /// reported and skipped: the daemon still runs. Returns a way to change the filter at run time.
 fn init_logging(
     config: &Config,
@@ -135,33 +136,36 @@ fn init_logging(
     Option<tracing_appender::non_blocking::WorkerGuard>,
     SetLogFilter,
 ) {
+    use file_rotate::{ContentLimit, FileRotate, compression::Compression, suffix::AppendCount};
     use tracing_subscriber::{EnvFilter, fmt, prelude::*, reload};
     let initial = std::env::var("X0TTA6BL4_LOG").unwrap_or_else(|_| "info".to_string());
     let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let dir = config
-        .log_file
+    let path = &config.log_file;
+    // FileRotate panics on a directory it cannot create and drops writes to a file it cannot
+    // open, so both are tried here first, where a failure can be reported.
+    let usable = path
         .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/".into());
-    let name = config
-        .log_file
-        .file_name()
-        .map(|n| n.to_owned())
-        .unwrap_or_else(|| "ebpf.log".into());
-    let file = std::fs::create_dir_all(&dir)
-        .map_err(|e| e.to_string())
+        .map_or(Ok(()), std::fs::create_dir_all)
         .and_then(|_| {
-            tracing_appender::rolling::Builder::new()
-                .rotation(tracing_appender::rolling::Rotation::DAILY)
-                .filename_prefix(name.to_string_lossy().into_owned())
-                .max_log_files(7)
-                .build(&dir)
-                .map_err(|e| e.to_string())
-        });
-    let (file_layer, guard, problem) = match file {
-        Ok(appender) => {
-            let (writer, guard) = tracing_appender::non_blocking(appender);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        })
+        .map_err(|e| e.to_string());
+    let (file_layer, guard, problem) = match usable {
+        Ok(_) => {
+            let rotating = FileRotate::new(
+                path,
+                AppendCount::new(config.log_max_files as usize),
+                ContentLimit::BytesSurpassed(
+                    usize::try_from(config.log_max_bytes).unwrap_or(usize::MAX),
+                ),
+                Compression::None,
+                None,
+            );
+            let (writer, guard) = tracing_appender::non_blocking(rotating);
             (
                 Some(fmt::layer().with_ansi(false).with_writer(writer)),
                 Some(guard),
