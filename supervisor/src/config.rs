@@ -175,7 +175,10 @@ impl Config {
             return Err(invalid(
                 path,
                 "log_max_bytes",
-                format!("{} bytes is too small: use at least 4096", self.log_max_bytes),
+                format!(
+                    "{} bytes is too small: use at least 4096",
+                    self.log_max_bytes
+                ),
             ));
         }
         if self.log_max_files == 0 {
