@@ -239,7 +239,7 @@ pub enum FlowSort {
 }
 
 /// One flow, as `flows --json` prints it (the first four names are the original design's).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct FlowRecord {
     pub source: std::net::IpAddr,
     pub destination: std::net::IpAddr,
@@ -257,6 +257,10 @@ pub struct FlowRecord {
     /// TCP flags seen, e.g. `SYN|ACK`; empty for other protocols.
     pub tcp_flags: String,
     pub program_id: String,
+    /// Rates between the daemon's last two reads of the table (0 until it has read it twice
+    /// while the flow was present).
+    pub packets_per_second: f64,
+    pub bytes_per_second: f64,
     /// Nanoseconds since boot of the last packet, for sorting in the daemon; not sent (the
     /// same time is in `last_seen`).
     #[serde(skip)]
@@ -271,11 +275,13 @@ pub struct FlowTable {
     pub entries: u64,
     pub inserts: u64,
     pub insert_failures: u64,
-    /// Flows the LRU pushed out to make room (inserts − entries).
+    /// Flows the LRU pushed out to make room (inserts − entries − aged out).
     pub evicted: u64,
+    /// Flows the daemon removed after `flow_idle_timeout_seconds` without a packet.
+    pub aged_out: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct FlowList {
     /// False when the daemon runs with `enable_flow_observability = false`.
     pub enabled: bool,
@@ -284,12 +290,12 @@ pub struct FlowList {
 }
 
 impl FlowQuery {
-    pub fn matches(&self, f: &FlowRecord) -> bool {
+    pub fn matches(&self, f: &FlowFacts<'_>) -> bool {
         self.source.is_none_or(|c| c.contains(&f.source))
             && self.dest.is_none_or(|c| c.contains(&f.destination))
             && self
                 .protocol
-                .is_none_or(|p| p == Protocol::Any || p.to_string() == f.protocol)
+                .is_none_or(|p| p.number().is_none_or(|n| n == f.protocol))
             && self
                 .port
                 .is_none_or(|p| p == f.source_port || p == f.destination_port)
@@ -297,22 +303,22 @@ impl FlowQuery {
             && self.dest_port.is_none_or(|p| p == f.destination_port)
             && self.min_packets.is_none_or(|n| f.packets >= n)
             && self.verdict.is_none_or(|v| v == f.verdict)
-            && self.interface.as_ref().is_none_or(|i| *i == f.interface)
+            && self.interface.as_deref().is_none_or(|i| i == f.interface)
     }
+}
 
-    /// Filters, sorts (largest or latest first) and truncates.
-    pub fn apply(&self, mut flows: Vec<FlowRecord>) -> Vec<FlowRecord> {
-        flows.retain(|f| self.matches(f));
-        match self.sort {
-            FlowSort::Packets => flows.sort_by_key(|f| std::cmp::Reverse(f.packets)),
-            FlowSort::Bytes => flows.sort_by_key(|f| std::cmp::Reverse(f.bytes)),
-            FlowSort::LastSeen => flows.sort_by_key(|f| std::cmp::Reverse(f.last_seen_ns)),
-        }
-        if let Some(n) = self.limit {
-            flows.truncate(n);
-        }
-        flows
-    }
+/// What a `FlowQuery` filters a flow on.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowFacts<'a> {
+    pub source: std::net::IpAddr,
+    pub destination: std::net::IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub packets: u64,
+    pub verdict: FlowVerdict,
+    pub interface: &'a str,
 }
 
 /// `SYN|ACK` from the TCP flag byte.

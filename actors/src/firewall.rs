@@ -4,16 +4,13 @@
 use std::collections::BTreeMap;
 
 use aya::Ebpf;
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use ebpf_shared::{
-    Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowKeyV4, FlowTableStats,
-    FlowValue, LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps,
-    proto, tables,
+    Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES,
+    Outcome, PortKey, RuleSetHeader, field, maps, proto, tables,
 };
 
-use crate::api::{
-    FirewallRule, FlowRecord, FlowTable, FlowVerdict, PacketCounters, RuleAction, tcp_flag_names,
-};
+use crate::api::{FirewallRule, PacketCounters, RuleAction};
 use crate::rules::{CidrTable, CompileError, CompiledRules, compile};
 
 #[derive(Debug, thiserror::Error)]
@@ -319,72 +316,6 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Option<PacketCounters>, FirewallErro
     Ok(Some(counters_from(&by_outcome)))
 }
 
-/// Every flow in the firewall's table (CPUs' shares combined) and the table's bookkeeping.
-pub fn read_flows(
-    ebpf: &Ebpf,
-    program_id: &str,
-) -> Result<(Vec<FlowRecord>, FlowTable), FirewallError> {
-    let clock = MonotonicToWall::now();
-    let mut records = Vec::new();
-    let v4 = ebpf
-        .map(maps::FW_FLOWS4)
-        .ok_or(FirewallError::MissingMap(maps::FW_FLOWS4))?;
-    let capacity = map_capacity(v4);
-    let table: PerCpuHashMap<&MapData, FlowKeyV4, FlowValue> =
-        PerCpuHashMap::try_from(v4).map_err(map_err(maps::FW_FLOWS4))?;
-    for entry in table.iter() {
-        // An entry the LRU evicts between listing and reading is simply gone.
-        let Ok((k, per_cpu)) = entry else { continue };
-        let key = FlowKey {
-            src: [k.src, 0, 0, 0],
-            dst: [k.dst, 0, 0, 0],
-            source_port: k.source_port,
-            dest_port: k.dest_port,
-            ifindex: k.ifindex,
-            protocol: k.protocol,
-            family: 4,
-            direction: k.direction,
-            _pad: 0,
-        };
-        if let Some(total) = combine(per_cpu.iter()) {
-            records.push(flow_record(&key, &total, program_id, &clock));
-        }
-    }
-    let v6 = ebpf
-        .map(maps::FW_FLOWS)
-        .ok_or(FirewallError::MissingMap(maps::FW_FLOWS))?;
-    let table: PerCpuHashMap<&MapData, FlowKey, FlowValue> =
-        PerCpuHashMap::try_from(v6).map_err(map_err(maps::FW_FLOWS))?;
-    for entry in table.iter() {
-        let Ok((key, per_cpu)) = entry else { continue };
-        if let Some(total) = combine(per_cpu.iter()) {
-            records.push(flow_record(&key, &total, program_id, &clock));
-        }
-    }
-    let stats_map = ebpf
-        .map(maps::FW_FLOW_STATS)
-        .ok_or(FirewallError::MissingMap(maps::FW_FLOW_STATS))?;
-    let stats: PerCpuArray<&MapData, FlowTableStats> =
-        PerCpuArray::try_from(stats_map).map_err(map_err(maps::FW_FLOW_STATS))?;
-    let (inserts, insert_failures) = stats
-        .get(&0, 0)
-        .map_err(map_err(maps::FW_FLOW_STATS))?
-        .iter()
-        .fold((0, 0), |(i, f), s| (i + s.inserts, f + s.insert_failures));
-    let entries = records.len() as u64;
-    Ok((
-        records,
-        FlowTable {
-            program_id: program_id.to_string(),
-            capacity,
-            entries,
-            inserts,
-            insert_failures,
-            evicted: inserts.saturating_sub(entries),
-        },
-    ))
-}
-
 /// The processing-time histogram: packets per log2-of-nanoseconds bucket, CPUs summed.
 pub fn read_latency(ebpf: &Ebpf) -> Result<Vec<u64>, FirewallError> {
     let map = ebpf
@@ -400,110 +331,6 @@ pub fn read_latency(ebpf: &Ebpf) -> Result<Vec<u64>, FirewallError> {
                 .map_err(map_err(maps::FW_LATENCY))
         })
         .collect()
-}
-
-/// One flow from its CPUs' shares; `None` when no CPU has a packet of it.
-fn combine<'a>(per_cpu: impl Iterator<Item = &'a FlowValue>) -> Option<FlowValue> {
-    let mut total = FlowValue {
-        first_seen_ns: u64::MAX,
-        ..FlowValue::default()
-    };
-    for v in per_cpu.filter(|v| v.packets > 0) {
-        total.packets += v.packets;
-        total.bytes += v.bytes;
-        total.first_seen_ns = total.first_seen_ns.min(v.first_seen_ns);
-        if v.last_seen_ns >= total.last_seen_ns {
-            total.last_seen_ns = v.last_seen_ns;
-            total.outcome = v.outcome;
-        }
-        total.tcp_flags |= v.tcp_flags;
-    }
-    (total.packets > 0).then_some(total)
-}
-
-fn map_capacity(map: &Map) -> u32 {
-    let data: Option<&MapData> = match map {
-        Map::PerCpuLruHashMap(d) | Map::PerCpuHashMap(d) | Map::HashMap(d) | Map::LruHashMap(d) => {
-            Some(d)
-        }
-        _ => None,
-    };
-    data.and_then(|d| d.info().ok())
-        .map(|i| i.max_entries())
-        .unwrap_or(0)
-}
-
-/// Turns the kernel's CLOCK_MONOTONIC nanoseconds into wall-clock times.
-struct MonotonicToWall {
-    wall: std::time::SystemTime,
-    mono_ns: u64,
-}
-
-impl MonotonicToWall {
-    fn now() -> Self {
-        // The kernel stamps flows with the coarse monotonic clock; the precise one can run
-        // ahead of it by one tick, which only ever makes a flow look a tick older.
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0);
-        MonotonicToWall {
-            wall: std::time::SystemTime::now(),
-            mono_ns: mono,
-        }
-    }
-
-    fn rfc3339(&self, mono_ns: u64) -> String {
-        let at = self.wall - std::time::Duration::from_nanos(self.mono_ns.saturating_sub(mono_ns));
-        humantime::format_rfc3339_nanos(at).to_string()
-    }
-}
-
-fn protocol_name(p: u8) -> String {
-    match p {
-        proto::TCP => "tcp".into(),
-        proto::UDP => "udp".into(),
-        proto::ICMP => "icmp".into(),
-        proto::ICMPV6 => "icmpv6".into(),
-        other => other.to_string(),
-    }
-}
-
-fn flow_record(
-    key: &FlowKey,
-    v: &FlowValue,
-    program_id: &str,
-    clock: &MonotonicToWall,
-) -> FlowRecord {
-    FlowRecord {
-        source: crate::sys::address_from_words(&key.src, key.family == 6),
-        destination: crate::sys::address_from_words(&key.dst, key.family == 6),
-        source_port: key.source_port,
-        destination_port: key.dest_port,
-        protocol: protocol_name(key.protocol),
-        packets: v.packets,
-        bytes: v.bytes,
-        first_seen: clock.rfc3339(v.first_seen_ns),
-        last_seen: clock.rfc3339(v.last_seen_ns),
-        verdict: if v.outcome == Outcome::Passed as u32 {
-            FlowVerdict::Forwarded
-        } else {
-            FlowVerdict::Dropped
-        },
-        interface: crate::sys::interface_name(key.ifindex),
-        direction: if key.direction == 0 {
-            "ingress"
-        } else {
-            "egress"
-        }
-        .into(),
-        tcp_flags: if key.protocol == proto::TCP {
-            tcp_flag_names(v.tcp_flags)
-        } else {
-            String::new()
-        },
-        program_id: program_id.to_string(),
-        last_seen_ns: v.last_seen_ns,
-    }
 }
 
 /// Totals derived from the per-outcome counters.

@@ -10,6 +10,10 @@ pub mod attach;
 #[cfg(feature = "runtime")]
 pub mod firewall;
 #[cfg(feature = "runtime")]
+pub mod flows;
+#[cfg(feature = "runtime")]
+pub mod flowtable;
+#[cfg(feature = "runtime")]
 pub mod interfaces;
 #[cfg(feature = "runtime")]
 pub mod loader;

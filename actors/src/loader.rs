@@ -12,9 +12,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::api::{
-    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, FlowList, FlowQuery,
-    PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
-    RulesRequest, TcpReport,
+    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, PacketCounters, PacketQuery,
+    ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet, RulesRequest, TcpReport,
 };
 use crate::attach::HeldLink;
 use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
@@ -58,11 +57,8 @@ pub enum LoaderMsg {
         query: PacketQuery,
         reply: RpcReplyPort<Result<Explanation, ApiError>>,
     },
-    /// The flows of every built-in firewall, filtered and sorted.
-    Flows {
-        query: FlowQuery,
-        reply: RpcReplyPort<FlowList>,
-    },
+    /// Where the flow tables of the loaded firewalls are pinned, for the FlowActor.
+    FlowSources { reply: RpcReplyPort<FlowSources> },
     /// What every loaded `tcp_state` saw.
     Tcp { reply: RpcReplyPort<TcpReport> },
     /// Loads refused so far, and the latest reason.
@@ -88,6 +84,15 @@ pub enum LoaderMsg {
     Shutdown { keep: bool, reply: RpcReplyPort<()> },
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
+}
+
+/// The loaded firewalls whose flow tables the FlowActor reads.
+#[derive(Debug, Clone, Default)]
+pub struct FlowSources {
+    /// `enable_flow_observability`.
+    pub enabled: bool,
+    /// Program id, and the directory its maps are pinned in.
+    pub tables: Vec<(String, PathBuf)>,
 }
 
 /// A live XDP attachment: new, or adopted from a pin a previous daemon (or actor) left.
@@ -199,7 +204,7 @@ fn map_memory(p: &LoadedProgram) -> Result<MapUsage, String> {
 }
 
 /// The kernel map behind any kind of aya map.
-fn map_data(map: &aya::maps::Map) -> &aya::maps::MapData {
+pub(crate) fn map_data(map: &aya::maps::Map) -> &aya::maps::MapData {
     use aya::maps::Map::*;
     match map {
         Array(m)
@@ -361,8 +366,16 @@ impl Actor for LoaderActor {
             LoaderMsg::Explain { query, reply } => {
                 let _ = reply.send(state.explain(&query));
             }
-            LoaderMsg::Flows { query, reply } => {
-                let _ = reply.send(state.flows(&query));
+            LoaderMsg::FlowSources { reply } => {
+                let _ = reply.send(FlowSources {
+                    enabled: state.firewall.flows,
+                    tables: state
+                        .programs
+                        .iter()
+                        .filter(|(_, p)| p.enforces_rules)
+                        .map(|(id, _)| (id.clone(), state.pin_root.join(id)))
+                        .collect(),
+                });
             }
             LoaderMsg::Tcp { reply } => {
                 let mut report = TcpReport {
@@ -561,25 +574,6 @@ impl LoaderState {
             }
         }
         self.save_programs();
-    }
-
-    fn flows(&self, query: &FlowQuery) -> FlowList {
-        let mut flows = Vec::new();
-        let mut tables = Vec::new();
-        for (id, p) in self.programs.iter().filter(|(_, p)| p.enforces_rules) {
-            match firewall::read_flows(&p.ebpf, id) {
-                Ok((records, table)) => {
-                    flows.extend(records);
-                    tables.push(table);
-                }
-                Err(e) => warn!(program_id = %id, error = %e, "reading flows failed"),
-            }
-        }
-        FlowList {
-            enabled: self.firewall.flows,
-            flows: query.apply(flows),
-            tables,
-        }
     }
 
     fn rule_set(&self) -> RuleSet {

@@ -271,6 +271,120 @@ pub fn fdinfo_field(fd: std::os::fd::BorrowedFd<'_>, key: &str) -> std::io::Resu
         })
 }
 
+/// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+fn bpf_batch(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a complete bpf_attr for the batch commands; every pointer in it refers
+    // to a buffer its caller sized for `count` elements, alive for the call. The kernel writes
+    // back `count` (and `out_batch`), nothing beyond.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads a whole hash map with BPF_MAP_LOOKUP_BATCH, `chunk` elements per system call (aya
+/// offers only one lookup per key, two system calls per element). `value_size` is the bytes
+/// the kernel copies per element: for a per-CPU map, the value rounded up to 8 bytes, times the
+/// possible CPUs. `each` sees every chunk as (keys, values, elements).
+pub fn lookup_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    chunk: u32,
+    mut each: impl FnMut(&[u8], &[u8], usize),
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut keys = vec![0u8; key_size * chunk as usize];
+    let mut values = vec![0u8; value_size * chunk as usize];
+    // The position token: a bucket number (u32) for hash maps, a key for others.
+    let mut token = vec![0u8; key_size.max(8)];
+    let mut next = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let at_end = match result {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        let n = (attr.count as usize).min(chunk as usize);
+        if n > 0 {
+            each(&keys[..n * key_size], &values[..n * value_size], n);
+        }
+        if at_end {
+            return Ok(());
+        }
+        std::mem::swap(&mut token, &mut next);
+        first = false;
+    }
+}
+
+/// Deletes `keys` (packed, `key_size` bytes each) with BPF_MAP_DELETE_BATCH. A key already
+/// gone (an LRU map evicts on its own) is skipped, not an error. Returns how many were deleted.
+pub fn delete_batch(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[u8],
+    key_size: usize,
+) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let total = keys.len() / key_size;
+    let mut at = 0;
+    let mut deleted = 0u64;
+    while at < total {
+        let mut attr = BatchAttr {
+            keys: keys[at * key_size..].as_ptr() as u64,
+            count: (total - at) as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf_batch(BPF_MAP_DELETE_BATCH, &mut attr);
+        let done = attr.count as usize;
+        deleted += done as u64;
+        at += done;
+        match result {
+            Ok(()) => {}
+            // The element at `at` was not there: step over it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

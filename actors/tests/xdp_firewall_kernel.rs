@@ -859,7 +859,7 @@ fn flows_are_counted_exactly_per_five_tuple() {
     }
     verdict(&fw, &syn);
     verdict(&fw, &arp()); // not IP: no flow
-    let (flows, table) = actors::firewall::read_flows(&fw, "fw-1").unwrap();
+    let (flows, table) = actors::flowtable::read_flows(&fw, "fw-1").unwrap();
     let find = |src: &str, dport: u16| {
         flows
             .iter()
@@ -907,7 +907,7 @@ fn flows_lost_to_table_pressure_are_counted() {
     for port in 1..=300u16 {
         verdict(&fw, &v4_udp(ALLOWED_V4, port, 4));
     }
-    let (flows, table) = actors::firewall::read_flows(&fw, "fw-1").unwrap();
+    let (flows, table) = actors::flowtable::read_flows(&fw, "fw-1").unwrap();
     assert_eq!(table.inserts, 300);
     assert!(
         flows.len() <= 64 + 16,

@@ -61,6 +61,7 @@ fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
         (format!("attach:{interface}"), 1u64),
         ("loader".to_string(), 2),
         ("interfaces".to_string(), 3),
+        ("flows".to_string(), 4),
     ] {
         let said = daemon.cli_json(&["debug", "crash", &actor]);
         assert!(said["done"].as_str().unwrap().contains("panic"), "{said}");
@@ -103,6 +104,11 @@ fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
             interface.as_str()
         );
         assert_eq!(hosts.ping(allowed, 2), 2);
+        let flows = daemon.cli_json(&["flows", "--protocol", "icmp"]);
+        assert!(
+            !flows.as_array().unwrap().is_empty(),
+            "flows are answered after {actor}: {flows}"
+        );
     }
     let log = daemon.log_text();
     assert!(log.contains("fault injected into AttachActor"), "{log}");

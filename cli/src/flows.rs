@@ -170,6 +170,7 @@ pub fn render(list: &FlowList) -> String {
             "PROTO",
             "PACKETS",
             "BYTES",
+            "PPS",
             "VERDICT",
             "FLAGS",
             "INTERFACE",
@@ -182,6 +183,7 @@ pub fn render(list: &FlowList) -> String {
                 f.protocol.clone(),
                 f.packets.to_string(),
                 f.bytes.to_string(),
+                format!("{:.0}", f.packets_per_second),
                 f.verdict.to_string(),
                 if f.tcp_flags.is_empty() {
                     "-".into()

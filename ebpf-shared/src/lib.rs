@@ -16,7 +16,8 @@ pub mod maps {
     pub const FW_FLOWS4: &str = "FW_FLOWS4";
     /// `LruPerCpuHashMap<FlowKey, FlowValue>`: IPv6 flows.
     pub const FW_FLOWS: &str = "FW_FLOWS";
-    /// `PerCpuArray<FlowTableStats>`, one entry.
+    /// `PerCpuArray<FlowTableStats>`: entry 0 the kernel's counts; entry 1 user space's (CPU 0's
+    /// `inserts` = flows it removed).
     pub const FW_FLOW_STATS: &str = "FW_FLOW_STATS";
     /// `PerCpuArray<u64>`, `LATENCY_BUCKETS` entries: packets by log2 of processing ns.
     pub const FW_LATENCY: &str = "FW_LATENCY";

@@ -41,6 +41,11 @@ pub struct Config {
     pub enable_flow_observability: bool,
     /// Flows the kernel table holds before the least recently seen are pushed out.
     pub flow_table_size: u32,
+    /// How often the FlowActor reads the flow tables (for rates and ageing; a `flows` query
+    /// reads them at once).
+    pub flow_poll_interval_seconds: f64,
+    /// A flow without a packet for this long is removed from the kernel table.
+    pub flow_idle_timeout_seconds: f64,
     /// Load the TCP probe (`tcp_state`) at start, with `enable_flow_observability`.
     pub enable_tcp_probe: bool,
     pub enable_metrics_export: bool,
@@ -76,6 +81,8 @@ impl Default for Config {
             programs_dir: "/opt/x0tta6bl4/ebpf".into(),
             enable_flow_observability: true,
             flow_table_size: ebpf_shared_flow_table_default(),
+            flow_poll_interval_seconds: 2.0,
+            flow_idle_timeout_seconds: 120.0,
             enable_tcp_probe: true,
             enable_metrics_export: true,
             enable_dynamic_fallback: true,
@@ -201,6 +208,11 @@ impl Config {
                 "monitoring_interval_seconds",
                 self.monitoring_interval_seconds,
             ),
+            (
+                "flow_poll_interval_seconds",
+                self.flow_poll_interval_seconds,
+            ),
+            ("flow_idle_timeout_seconds", self.flow_idle_timeout_seconds),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(invalid(

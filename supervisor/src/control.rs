@@ -9,6 +9,7 @@ use actors::api::{
     self, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
     InterfaceAttachment, PacketCounters, ProgramStats, Request, Response, RulesRequest, Status,
 };
+use actors::flows::FlowMsg;
 use actors::interfaces::InterfacesMsg;
 use actors::loader::LoaderMsg;
 use actors::rpc::ask;
@@ -18,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::alerts::{ALERTS, AlertsMsg};
-use crate::root::{INTERFACES, LOADER, RootMsg};
+use crate::root::{FLOWS, INTERFACES, LOADER, RootMsg};
 
 /// A client that starts a frame must finish it within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -225,7 +226,7 @@ impl Control {
                 None => Vec::new(),
             }),
             Request::Flows(query) => Response::Flows(
-                ask(&loader, "LoaderActor", |reply| LoaderMsg::Flows {
+                ask(&flow_actor()?, "FlowActor", |reply| FlowMsg::Query {
                     query,
                     reply,
                 })
@@ -281,6 +282,9 @@ impl Control {
             "interfaces" => interfaces
                 .cast(InterfacesMsg::Crash)
                 .map_err(|e| unreachable(e.to_string())),
+            "flows" => flow_actor()?
+                .cast(FlowMsg::Crash)
+                .map_err(|e| unreachable(e.to_string())),
             other => match other.strip_prefix("attach:") {
                 Some(interface) => {
                     ask(interfaces, "InterfaceSupervisor", |reply| {
@@ -293,7 +297,7 @@ impl Control {
                 }
                 None => Err(ApiError::new(
                     ErrorKind::InvalidRequest,
-                    format!("no actor {other:?}: use loader, interfaces or attach:IFACE"),
+                    format!("no actor {other:?}: use loader, interfaces, flows or attach:IFACE"),
                 )),
             },
         }
@@ -405,6 +409,15 @@ fn children() -> Result<(ActorRef<LoaderMsg>, ActorRef<InterfacesMsg>), ApiError
             "the daemon's actors are restarting; try again in a moment",
         )),
     }
+}
+
+fn flow_actor() -> Result<ActorRef<FlowMsg>, ApiError> {
+    ActorRef::<FlowMsg>::where_is(FLOWS).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Internal,
+            "the FlowActor is restarting; try again in a moment",
+        )
+    })
 }
 
 async fn attachments(interfaces: &ActorRef<InterfacesMsg>) -> Result<Vec<Attachment>, ApiError> {

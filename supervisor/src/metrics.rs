@@ -21,7 +21,7 @@ use crate::root::LOADER;
 
 /// Every metric family `/metrics` can serve (the Grafana dashboard in `contrib/` may use
 /// only these; a test checks it, and debug builds assert that nothing else is served).
-pub const METRIC_NAMES: [&str; 15] = [
+pub const METRIC_NAMES: [&str; 16] = [
     "ebpf_tcp_connect_latency_microseconds",
     "ebpf_tcp_connects_total",
     "ebpf_tcp_connect_failures_total",
@@ -31,6 +31,7 @@ pub const METRIC_NAMES: [&str; 15] = [
     "ebpf_packets_dropped_total",
     "ebpf_flows_active",
     "ebpf_flows_lost_total",
+    "ebpf_flows_aged_out_total",
     "ebpf_memory_usage_bytes",
     "ebpf_errors_total",
     "ebpf_latency_microseconds",
@@ -341,6 +342,15 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
                     )
                 })
             })
+            .collect(),
+    ));
+    families.push(family(
+        "ebpf_flows_aged_out_total",
+        "Flows removed from the kernel table after flow_idle_timeout_seconds without a packet",
+        MetricType::COUNTER,
+        tables
+            .iter()
+            .map(|t| counter(&[("program", t.program_id.as_str())], t.aged_out))
             .collect(),
     ));
     families.push(family(

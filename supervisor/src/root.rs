@@ -1,11 +1,14 @@
-//! RootSupervisor: the top of the supervision tree (rest_for_one). Its children, in start
-//! order, are the LoaderActor and the InterfaceSupervisor. If the loader dies, the programs it
-//! held are gone, so everything after it restarts too; if the InterfaceSupervisor dies, only
-//! it restarts. After a restart the startup plan (auto-load) runs again.
+//! RootSupervisor: the top of the supervision tree. Its children, in start order, are the
+//! LoaderActor, the InterfaceSupervisor (rest_for_one between these two: if the loader dies,
+//! the programs it held are gone, so the interfaces restart too; if the InterfaceSupervisor
+//! dies, only it restarts) and the FlowActor, which depends on neither (it finds the loader
+//! by name and reads pinned maps) and restarts alone. After a restart of the first two the
+//! startup plan (auto-load) runs again.
 
 use std::time::Instant;
 
 use actors::api::{ApiError, AttachMode, ErrorKind};
+use actors::flows::{FlowActor, FlowArgs, FlowMsg};
 use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
 use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
 use actors::restart::RestartIntensity;
@@ -16,6 +19,7 @@ use tracing::{error, info, warn};
 /// Registry names of the root's children, so the control socket finds the live ones.
 pub const LOADER: &str = "x0tta6bl4.loader";
 pub const INTERFACES: &str = "x0tta6bl4.interfaces";
+pub const FLOWS: &str = "x0tta6bl4.flows";
 
 /// What the daemon does at start (and again after its children restart).
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct StartupPlan {
     pub fallback: bool,
     /// Load the TCP probe (`tcp_state`) at start (with `enable_flow_observability`).
     pub tcp_probe: bool,
+    /// The FlowActor's read interval and idle timeout.
+    pub flow_poll_interval: std::time::Duration,
+    pub flow_idle_timeout: std::time::Duration,
     pub firewall: FirewallSettings,
     /// Load `xdp_firewall` and attach it here (`auto_load_programs` + `interface`).
     pub auto_attach: Option<(String, AttachMode)>,
@@ -55,6 +62,7 @@ pub struct RootState {
     plan: StartupPlan,
     loader: Option<ActorRef<LoaderMsg>>,
     interfaces: Option<ActorRef<InterfacesMsg>>,
+    flows: Option<ActorRef<FlowMsg>>,
     report: RootReport,
     intensity: RestartIntensity,
 }
@@ -75,10 +83,12 @@ impl Actor for RootSupervisor {
             plan,
             loader: None,
             interfaces: None,
+            flows: None,
             report: RootReport::default(),
             intensity: RestartIntensity::default(),
         };
         state.start_children(&myself).await?;
+        state.start_flows(&myself).await?;
         Ok(state)
     }
 
@@ -130,13 +140,19 @@ impl Actor for RootSupervisor {
             .interfaces
             .as_ref()
             .is_some_and(|i| i.get_id() == cell.get_id());
-        if !is_loader && !is_interfaces {
+        let is_flows = state
+            .flows
+            .as_ref()
+            .is_some_and(|f| f.get_id() == cell.get_id());
+        if !is_loader && !is_interfaces && !is_flows {
             return Ok(());
         }
         let who = if is_loader {
             "LoaderActor"
-        } else {
+        } else if is_interfaces {
             "InterfaceSupervisor"
+        } else {
+            "FlowActor"
         };
         error!(actor = who, %why, "child of the root supervisor died");
         if !state.intensity.allow(Instant::now()) {
@@ -149,6 +165,12 @@ impl Actor for RootSupervisor {
             return Ok(());
         }
         state.report.restarts += 1;
+        if is_flows {
+            state.flows = None;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            state.start_flows(&myself).await?;
+            return Ok(());
+        }
         // rest_for_one: the loader comes first, so its death takes the interfaces down too.
         if is_loader {
             if let Some(i) = state.interfaces.take() {
@@ -187,6 +209,22 @@ impl RootState {
         .await?;
         self.loader = Some(loader);
         self.start_interfaces(myself).await
+    }
+
+    async fn start_flows(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+        let (flows, _) = Actor::spawn_linked(
+            Some(FLOWS.into()),
+            FlowActor,
+            FlowArgs {
+                loader: LOADER.into(),
+                interval: self.plan.flow_poll_interval,
+                idle_timeout: self.plan.flow_idle_timeout,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.flows = Some(flows);
+        Ok(())
     }
 
     async fn start_interfaces(

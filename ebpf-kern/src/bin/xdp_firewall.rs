@@ -45,7 +45,7 @@ mod program {
     static FW_FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
         LruPerCpuHashMap::pinned(FLOW_TABLE_DEFAULT_SIZE, 0);
     #[map]
-    static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::pinned(1, 0);
+    static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::pinned(2, 0);
     #[map]
     static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::pinned(LATENCY_BUCKETS, 0);
 
