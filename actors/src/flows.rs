@@ -1,6 +1,10 @@
 //! FlowActor: reads the flow table of every loaded firewall in batches, every `interval` and
-//! whenever a `flows` query arrives, on a blocking thread so that no other actor waits for it;
-//! keeps per-flow rates between reads; ages out flows idle longer than `idle_timeout`.
+//! whenever a `flows` query arrives; keeps per-flow rates between reads; ages out flows idle
+//! longer than `idle_timeout`.
+//!
+//! All of the work on the flows (the read, the rates, the filtering and sorting of answers)
+//! runs on a blocking thread, which replies to the queries itself: neither this actor nor the
+//! tokio workers the other actors run on wait for a table of a million flows.
 //!
 //! A query is answered by the first read that *starts after it arrives*, so what it shows
 //! includes every packet counted before it was asked; queries that arrive while a read is
@@ -17,11 +21,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
 
 use crate::api::{FlowFacts, FlowList, FlowQuery, FlowSort, FlowTable};
-use crate::flowtable::{
-    FlowMaps, FlowScan, InterfaceNames, MonotonicToWall, flow_record, flow_verdict,
-};
+use crate::flowtable::{FlowMaps, InterfaceNames, MonotonicToWall, flow_record, flow_verdict};
 use crate::loader::{FlowSources, LoaderMsg};
 use crate::rpc::ask;
+
+/// A fast hash for flow keys: the tables hold up to millions of them, and the keys come from
+/// the kernel's own table, not from whoever sends packets' choice of collisions alone.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct FlowArgs {
     /// Registry name of the LoaderActor, looked up at every read (it may have restarted).
@@ -38,25 +44,16 @@ pub enum FlowMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
-    /// A read finished.
-    Scanned(Box<ReadOutcome>),
-    /// Remove flows idle longer than `idle` now (not only after `idle_timeout`); answers how
-    /// many were removed. For the MAPE-K loop, when a table nears capacity.
+    /// A read finished; the snapshot comes back to the actor.
+    Read(Box<Snapshot>),
+    /// Remove flows idle longer than `idle` at the next read (not only after `idle_timeout`);
+    /// answers how many were removed. For the MAPE-K loop, when a table nears capacity.
     AgeOut {
         idle: Duration,
         reply: RpcReplyPort<u64>,
     },
     /// Fault injection (`debug crash flows`).
     Crash,
-}
-
-/// What one read of every table found.
-pub struct ReadOutcome {
-    started: Instant,
-    clock: MonotonicToWall,
-    enabled: bool,
-    tables: Vec<(String, Result<FlowScan, String>)>,
-    aged_out: u64,
 }
 
 /// A flow as last read, with its rates since the read before.
@@ -67,26 +64,30 @@ struct Flow {
 }
 
 struct Table {
-    flows: HashMap<FlowKey, Flow>,
+    flows: FastMap<FlowKey, Flow>,
     /// The table's bookkeeping at that read.
     table: FlowTable,
     read_at_ns: u64,
 }
 
-pub struct FlowState {
-    args: FlowArgs,
+/// What the last read found; moved to the reading thread and back.
+#[derive(Default)]
+pub struct Snapshot {
     enabled: bool,
     tables: BTreeMap<String, Table>,
+    clock: Option<MonotonicToWall>,
+    names: InterfaceNames,
+}
+
+pub struct FlowState {
+    args: FlowArgs,
+    /// `None` while a read has it.
+    snapshot: Option<Box<Snapshot>>,
     /// Handles on the pinned maps, by program id, shared with the reading thread.
     maps: HashMap<String, (PathBuf, Arc<Mutex<FlowMaps>>)>,
-    /// When the read under way started.
-    reading: Option<Instant>,
-    /// Queries waiting for a read that started after they arrived.
-    waiting: Vec<(Instant, FlowQuery, RpcReplyPort<FlowList>)>,
-    /// An `AgeOut` waiting for the next read, with its threshold.
+    /// Queries for the next read.
+    waiting: Vec<(FlowQuery, RpcReplyPort<FlowList>)>,
     age_out: Option<(Duration, RpcReplyPort<u64>)>,
-    names: InterfaceNames,
-    clock: Option<MonotonicToWall>,
 }
 
 pub struct FlowActor;
@@ -104,14 +105,10 @@ impl Actor for FlowActor {
         myself.send_interval(args.interval, || FlowMsg::Tick);
         Ok(FlowState {
             args,
-            enabled: false,
-            tables: BTreeMap::new(),
+            snapshot: Some(Box::default()),
             maps: HashMap::new(),
-            reading: None,
             waiting: Vec::new(),
             age_out: None,
-            names: InterfaceNames::default(),
-            clock: None,
         })
     }
 
@@ -124,7 +121,7 @@ impl Actor for FlowActor {
         match msg {
             FlowMsg::Tick => state.start_read(&myself).await,
             FlowMsg::Query { query, reply } => {
-                state.waiting.push((Instant::now(), query, reply));
+                state.waiting.push((query, reply));
                 state.start_read(&myself).await;
             }
             FlowMsg::AgeOut { idle, reply } => {
@@ -133,8 +130,8 @@ impl Actor for FlowActor {
                 }
                 state.start_read(&myself).await;
             }
-            FlowMsg::Scanned(outcome) => {
-                state.finish_read(*outcome);
+            FlowMsg::Read(snapshot) => {
+                state.snapshot = Some(snapshot);
                 if !state.waiting.is_empty() || state.age_out.is_some() {
                     state.start_read(&myself).await;
                 }
@@ -146,8 +143,9 @@ impl Actor for FlowActor {
 }
 
 impl FlowState {
+    /// Starts a read unless one is under way (then the waiting queries get the next one).
     async fn start_read(&mut self, myself: &ActorRef<FlowMsg>) {
-        if self.reading.is_some() {
+        if self.snapshot.is_none() {
             return;
         }
         let sources = match ractor::registry::where_is(self.args.loader.clone()) {
@@ -161,9 +159,12 @@ impl FlowState {
             }
             None => FlowSources::default(),
         };
+        // Asking the loader yielded: a read may have started meanwhile.
+        let Some(snapshot) = self.snapshot.take() else {
+            return;
+        };
         self.maps
             .retain(|id, (pins, _)| sources.tables.iter().any(|(i, p)| i == id && p == pins));
-        let mut failed = Vec::new();
         for (id, pins) in &sources.tables {
             if self.maps.contains_key(id) {
                 continue;
@@ -173,78 +174,97 @@ impl FlowState {
                     self.maps
                         .insert(id.clone(), (pins.clone(), Arc::new(Mutex::new(m))));
                 }
-                Err(e) => failed.push((id.clone(), Err(e.to_string()))),
+                Err(e) => warn!(program_id = %id, error = %e, "cannot open the flow table"),
             }
         }
-        let handles: Vec<(String, Arc<Mutex<FlowMaps>>)> = self
-            .maps
-            .iter()
-            .map(|(id, (_, m))| (id.clone(), m.clone()))
-            .collect();
-        let idle = match &self.age_out {
-            Some((idle, _)) => (*idle).min(self.args.idle_timeout),
-            None => self.args.idle_timeout,
+        let read = Read {
+            maps: self
+                .maps
+                .iter()
+                .map(|(id, (_, m))| (id.clone(), m.clone()))
+                .collect(),
+            idle: match &self.age_out {
+                Some((idle, _)) => (*idle).min(self.args.idle_timeout),
+                None => self.args.idle_timeout,
+            },
+            enabled: sources.enabled,
+            queries: std::mem::take(&mut self.waiting),
+            age_out: self.age_out.take().map(|(_, reply)| reply),
         };
-        let started = Instant::now();
-        self.reading = Some(started);
-        let enabled = sources.enabled;
         let me = myself.clone();
-        tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || read_tables(handles, idle)).await;
-            let mut outcome = read.unwrap_or_else(|e| ReadOutcome {
-                tables: vec![("*".to_string(), Err(format!("the read panicked: {e}")))],
-                aged_out: 0,
-                clock: MonotonicToWall::now(),
-                started,
-                enabled,
-            });
-            outcome.tables.extend(failed);
-            outcome.started = started;
-            outcome.enabled = enabled;
-            let _ = me.cast(FlowMsg::Scanned(Box::new(outcome)));
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let snapshot = read.run(*snapshot);
+            debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "flow tables read"
+            );
+            let _ = me.cast(FlowMsg::Read(snapshot));
         });
     }
+}
 
-    fn finish_read(&mut self, outcome: ReadOutcome) {
-        self.reading = None;
-        self.enabled = outcome.enabled;
-        let now_ns = outcome.clock.mono_ns();
+/// One read, as the blocking thread does it.
+struct Read {
+    maps: Vec<(String, Arc<Mutex<FlowMaps>>)>,
+    idle: Duration,
+    enabled: bool,
+    queries: Vec<(FlowQuery, RpcReplyPort<FlowList>)>,
+    age_out: Option<RpcReplyPort<u64>>,
+}
+
+impl Read {
+    fn run(self, mut before: Snapshot) -> Box<Snapshot> {
+        let clock = MonotonicToWall::now();
+        let now_ns = clock.mono_ns();
+        let cutoff = now_ns.saturating_sub(self.idle.as_nanos() as u64);
+        let mut aged_out = 0;
         let mut tables = BTreeMap::new();
-        for (id, scan) in outcome.tables {
-            let scan = match scan {
+        for (id, maps) in &self.maps {
+            let mut maps = maps.lock();
+            let mut scan = match maps.scan() {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(program_id = %id, error = %e, "reading the flow table failed");
                     continue;
                 }
             };
-            let before = self.tables.remove(&id);
-            let mut flows = HashMap::with_capacity(scan.flows.len());
-            for (key, value) in &scan.flows {
-                let (packets_per_second, bytes_per_second) = match &before {
-                    Some(b) => {
-                        let (p0, b0) = b
-                            .flows
-                            .get(key)
-                            .map_or((0, 0), |f| (f.value.packets, f.value.bytes));
-                        // A flow new since the last read counts from its first packet.
-                        let since = if b.flows.contains_key(key) {
-                            b.read_at_ns
-                        } else {
-                            b.read_at_ns.max(value.first_seen_ns)
-                        };
-                        let secs = now_ns.saturating_sub(since) as f64 / 1e9;
-                        if secs > 0.0 {
-                            (
-                                value.packets.saturating_sub(p0) as f64 / secs,
-                                value.bytes.saturating_sub(b0) as f64 / secs,
-                            )
-                        } else {
-                            (0.0, 0.0)
-                        }
+            let idle: Vec<FlowKey> = scan
+                .flows
+                .iter()
+                .filter(|(_, v)| v.last_seen_ns < cutoff)
+                .map(|(k, _)| *k)
+                .collect();
+            if !idle.is_empty() {
+                match maps.remove(&idle) {
+                    Ok(removed) => {
+                        aged_out += removed;
+                        scan.removed += removed;
+                        scan.flows.retain(|(_, v)| v.last_seen_ns >= cutoff);
                     }
-                    None => (0.0, 0.0),
-                };
+                    Err(e) => warn!(program_id = %id, error = %e, "ageing out idle flows failed"),
+                }
+            }
+            let old = before.tables.remove(id);
+            let mut flows = FastMap::with_capacity_and_hasher(scan.flows.len(), Default::default());
+            for (key, value) in &scan.flows {
+                let rates = old.as_ref().map(|o| {
+                    // A flow new since the last read counts from zero, from its first packet.
+                    let (since, p0, b0) = match o.flows.get(key) {
+                        Some(f) => (o.read_at_ns, f.value.packets, f.value.bytes),
+                        None => (o.read_at_ns.max(value.first_seen_ns), 0, 0),
+                    };
+                    let secs = now_ns.saturating_sub(since) as f64 / 1e9;
+                    if secs > 0.0 {
+                        (
+                            value.packets.saturating_sub(p0) as f64 / secs,
+                            value.bytes.saturating_sub(b0) as f64 / secs,
+                        )
+                    } else {
+                        (0.0, 0.0)
+                    }
+                });
+                let (packets_per_second, bytes_per_second) = rates.unwrap_or((0.0, 0.0));
                 flows.insert(
                     *key,
                     Flow {
@@ -257,47 +277,43 @@ impl FlowState {
             tables.insert(
                 id.clone(),
                 Table {
+                    table: scan.table(id),
                     flows,
-                    table: scan.table(&id),
                     read_at_ns: now_ns,
                 },
             );
         }
-        self.tables = tables;
-        if outcome.aged_out > 0 {
-            info!(
-                flows = outcome.aged_out,
-                "idle flows aged out of the kernel table"
-            );
+        if aged_out > 0 {
+            info!(flows = aged_out, "idle flows aged out of the kernel table");
         }
-        if let Some((_, reply)) = self.age_out.take() {
-            let _ = reply.send(outcome.aged_out);
+        if let Some(reply) = self.age_out {
+            let _ = reply.send(aged_out);
         }
-        self.clock = Some(outcome.clock);
-        let started = outcome.started;
-        let (answer, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|(arrived, _, _)| *arrived <= started);
-        self.waiting = wait;
-        for (_, query, reply) in answer {
-            let _ = reply.send(self.answer(&query));
+        let mut snapshot = Box::new(Snapshot {
+            enabled: self.enabled,
+            tables,
+            clock: Some(clock),
+            names: std::mem::take(&mut before.names),
+        });
+        for (query, reply) in self.queries {
+            let _ = reply.send(snapshot.answer(&query));
         }
-        debug!(
-            took_ms = started.elapsed().as_millis() as u64,
-            "flow tables read"
-        );
+        snapshot
     }
+}
 
+impl Snapshot {
     fn answer(&mut self, query: &FlowQuery) -> FlowList {
-        let Some(clock) = &self.clock else {
-            return FlowList {
-                enabled: self.enabled,
-                flows: Vec::new(),
-                tables: Vec::new(),
-            };
+        let mut list = FlowList {
+            enabled: self.enabled,
+            flows: Vec::new(),
+            tables: self.tables.values().map(|t| t.table.clone()).collect(),
         };
-        let mut hits: Vec<(&str, &FlowKey, &Flow)> = Vec::new();
+        let Some(clock) = &self.clock else {
+            return list;
+        };
         let names = &mut self.names;
+        let mut hits: Vec<(&str, &FlowKey, &Flow)> = Vec::new();
         for (id, table) in &self.tables {
             for (key, flow) in &table.flows {
                 let facts = FlowFacts {
@@ -315,15 +331,24 @@ impl FlowState {
                 }
             }
         }
-        match query.sort {
-            FlowSort::Packets => hits.sort_by_key(|h| std::cmp::Reverse(h.2.value.packets)),
-            FlowSort::Bytes => hits.sort_by_key(|h| std::cmp::Reverse(h.2.value.bytes)),
-            FlowSort::LastSeen => hits.sort_by_key(|h| std::cmp::Reverse(h.2.value.last_seen_ns)),
-        }
-        if let Some(n) = query.limit {
+        let order = |h: &(&str, &FlowKey, &Flow)| {
+            std::cmp::Reverse(match query.sort {
+                FlowSort::Packets => h.2.value.packets,
+                FlowSort::Bytes => h.2.value.bytes,
+                FlowSort::LastSeen => h.2.value.last_seen_ns,
+            })
+        };
+        // Only the first `limit` need sorting.
+        if let Some(n) = query.limit
+            && n < hits.len()
+        {
+            if n > 0 {
+                hits.select_nth_unstable_by_key(n - 1, order);
+            }
             hits.truncate(n);
         }
-        let flows = hits
+        hits.sort_by_key(order);
+        list.flows = hits
             .into_iter()
             .map(|(id, key, flow)| {
                 let mut record = flow_record(key, &flow.value, id, names.get(key.ifindex), clock);
@@ -332,48 +357,6 @@ impl FlowState {
                 record
             })
             .collect();
-        FlowList {
-            enabled: self.enabled,
-            flows,
-            tables: self.tables.values().map(|t| t.table.clone()).collect(),
-        }
-    }
-}
-
-/// Reads every table and removes its flows idle for longer than `idle` (the kernel stamps
-/// flows with CLOCK_MONOTONIC). Runs on a blocking thread; the caller fills in `started` and
-/// `enabled`.
-fn read_tables(handles: Vec<(String, Arc<Mutex<FlowMaps>>)>, idle: Duration) -> ReadOutcome {
-    let clock = MonotonicToWall::now();
-    let cutoff = clock.mono_ns().saturating_sub(idle.as_nanos() as u64);
-    let mut aged_out = 0;
-    let tables = handles
-        .into_iter()
-        .map(|(id, maps)| {
-            let mut maps = maps.lock();
-            let result = maps.scan().and_then(|mut scan| {
-                let idle: Vec<FlowKey> = scan
-                    .flows
-                    .iter()
-                    .filter(|(_, v)| v.last_seen_ns < cutoff)
-                    .map(|(k, _)| *k)
-                    .collect();
-                if !idle.is_empty() {
-                    let removed = maps.remove(&idle)?;
-                    aged_out += removed;
-                    scan.removed += removed;
-                    scan.flows.retain(|(_, v)| v.last_seen_ns >= cutoff);
-                }
-                Ok(scan)
-            });
-            (id, result.map_err(|e| e.to_string()))
-        })
-        .collect();
-    ReadOutcome {
-        started: Instant::now(),
-        clock,
-        enabled: true,
-        tables,
-        aged_out,
+        list
     }
 }

@@ -22,14 +22,14 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const DENIED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 66);
 
-struct Stats {
-    min: u64,
-    median: u64,
-    max: u64,
+pub struct Stats {
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
 }
 
 impl Stats {
-    fn of(mut samples: Vec<u64>) -> Stats {
+    pub fn of(mut samples: Vec<u64>) -> Stats {
         samples.sort_unstable();
         Stats {
             min: samples[0],
@@ -275,9 +275,13 @@ fn source_rules(n: usize) -> Vec<String> {
         .collect()
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(flows_only: bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark loads BPF programs: run `sudo -E cargo xtask bench`");
+    }
+    if flows_only {
+        print!("{}", crate::flowbench::render(&crate::flowbench::run()?)?);
+        return Ok(());
     }
     let hosts = TwoHosts::new();
     // The verdict path alone: flow accounting off. A second daemon keeps it on.
@@ -400,7 +404,9 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     let live = live(&daemon, ours, &hosts, &dir)?;
-    let report = render(&floor, &rows, &live)?;
+    drop((daemon, with_flows));
+    let flow_read = crate::flowbench::run()?;
+    let report = render(&floor, &rows, &live)? + "\n" + &crate::flowbench::render(&flow_read)?;
     let path = PathBuf::from("BENCHMARKS.md");
     std::fs::write(&path, &report)?;
     print!("{report}");

@@ -10,6 +10,7 @@
 
 mod bench;
 mod demo;
+mod flowbench;
 mod setup;
 
 use std::process::Command;
@@ -36,8 +37,16 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Per-packet cost side by side with xdp-filter; writes BENCHMARKS.md.
-    Bench,
+    /// Per-packet cost side by side with xdp-filter, and reading a million flows; writes
+    /// BENCHMARKS.md.
+    Bench {
+        /// Run only the flow-read part and print it (BENCHMARKS.md is left alone).
+        #[arg(long)]
+        flows_only: bool,
+        /// Set by the bench itself when it runs again from the release build.
+        #[arg(long, hide = true)]
+        release_built: bool,
+    },
     /// Setup, build, then run every test tier (unit, kernel, integration).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -53,9 +62,28 @@ fn main() {
         Task::Run { duration } => setup::run()
             .and_then(|_| build())
             .and_then(|_| demo::run(duration)),
-        Task::Bench => setup::run()
-            .and_then(|_| build())
-            .and_then(|_| bench::run()),
+        Task::Bench {
+            flows_only,
+            release_built: true,
+        } => bench::run(flows_only),
+        // The daemon and CLI are measured as shipped: the release build, which the bench
+        // then runs from (the testbed starts the binaries beside the running executable).
+        Task::Bench { flows_only, .. } => setup::run().and_then(|_| {
+            status(cargo().args(["build", "--release", "--bins"]))
+                .context("building the release binaries")?;
+            // This is target/debug/xtask; its release twin is target/release/xtask.
+            let exe = std::env::current_exe().context("finding xtask's own path")?;
+            let target = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .context("xtask runs from target/<profile>/")?;
+            let mut again = Command::new(target.join("release/xtask"));
+            again.args(["bench", "--release-built"]);
+            if flows_only {
+                again.arg("--flows-only");
+            }
+            status(&mut again).context("the benchmark (release build)")
+        }),
         Task::Test { cargo_args } => setup::run()
             .and_then(|_| build())
             .and_then(|_| test(&cargo_args)),
