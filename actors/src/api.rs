@@ -127,6 +127,53 @@ pub enum Request {
     Metrics,
     /// What the TCP probe saw, per peer.
     Tcp,
+    /// Metrics exported from the maps of loaded programs (`metrics add|list|remove`).
+    CustomMetrics(CustomMetricsRequest),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum CustomMetricsRequest {
+    Add(CustomMetric),
+    List,
+    Remove { name: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+impl fmt::Display for MetricKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        })
+    }
+}
+
+/// A metric whose series are the entries of a map of a loaded program: each key becomes the
+/// label values, each value (CPUs summed) the sample.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CustomMetric {
+    pub name: String,
+    pub kind: MetricKind,
+    pub description: String,
+    /// `name` or `name:type` (u8, u16, u32, u64, be16, be32, ipv4, ipv6, ifindex, hex): how
+    /// the key's bytes, in order, become label values.
+    pub labels: Vec<String>,
+    pub program_id: String,
+    pub map: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CustomMetricStatus {
+    pub metric: CustomMetric,
+    /// Series it exports now; `None` with `problem` when its map cannot be read.
+    pub series: Option<usize>,
+    pub problem: Option<String>,
 }
 
 /// Connections this host opened to one peer, as the TCP probe saw them.
@@ -418,6 +465,7 @@ pub enum Response {
     Alerts(Vec<Alert>),
     Metrics(MetricsSnapshot),
     Tcp(TcpReport),
+    CustomMetrics(Vec<CustomMetricStatus>),
     Error(ApiError),
 }
 

@@ -18,6 +18,8 @@ pub mod interfaces;
 #[cfg(feature = "runtime")]
 pub mod loader;
 #[cfg(feature = "runtime")]
+pub mod mapread;
+#[cfg(feature = "runtime")]
 pub mod restart;
 #[cfg(feature = "runtime")]
 pub mod rpc;
@@ -39,4 +41,9 @@ pub mod builtin {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_state"));
     /// ELF object of `xdp_pass` (ebpf-kern/src/bin/xdp_pass.rs).
     pub static XDP_PASS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass"));
+    /// ELF object of `xdp_count` (ebpf-kern/src/bin/xdp_count.rs): not a built-in but an
+    /// example of a user's own program, for `programs_dir` (the tests and the demo copy it
+    /// there).
+    pub static XDP_COUNT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_count"));
 }

@@ -59,6 +59,12 @@ pub enum LoaderMsg {
     },
     /// Where the flow tables of the loaded firewalls are pinned, for the FlowActor.
     FlowSources { reply: RpcReplyPort<FlowSources> },
+    /// Every entry of one map of a loaded program (custom metrics).
+    ReadMap {
+        program_id: String,
+        map: String,
+        reply: RpcReplyPort<Result<crate::mapread::MapEntries, ApiError>>,
+    },
     /// What every loaded `tcp_state` saw.
     Tcp { reply: RpcReplyPort<TcpReport> },
     /// Loads refused so far, and the latest reason.
@@ -366,6 +372,13 @@ impl Actor for LoaderActor {
             LoaderMsg::Explain { query, reply } => {
                 let _ = reply.send(state.explain(&query));
             }
+            LoaderMsg::ReadMap {
+                program_id,
+                map,
+                reply,
+            } => {
+                let _ = reply.send(state.read_map(&program_id, &map));
+            }
             LoaderMsg::FlowSources { reply } => {
                 let _ = reply.send(FlowSources {
                     enabled: state.firewall.flows,
@@ -574,6 +587,30 @@ impl LoaderState {
             }
         }
         self.save_programs();
+    }
+
+    fn read_map(
+        &self,
+        program_id: &str,
+        map: &str,
+    ) -> Result<crate::mapread::MapEntries, ApiError> {
+        let p = self.programs.get(program_id).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownProgram,
+                format!("no program {program_id} is loaded: see `x0tta6bl4-ebpf programs`"),
+            )
+        })?;
+        let m = p.ebpf.map(map).ok_or_else(|| {
+            let names: Vec<&str> = p.ebpf.maps().map(|(n, _)| n).collect();
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{program_id} has no map {map} (it has: {})",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        crate::mapread::read(m, map).map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e))
     }
 
     fn rule_set(&self) -> RuleSet {

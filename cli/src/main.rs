@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actors::api::{AttachMode, DebugRequest, Request, Response};
+use actors::api::{
+    AttachMode, CustomMetric, CustomMetricsRequest, DebugRequest, MetricKind, Request, Response,
+};
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -99,7 +101,9 @@ enum Command {
     Top,
     /// TCP connections this host opened, per peer: connect latency, failures, resets.
     Tcp,
-    /// The values /metrics serves; --export writes them to a file.
+    /// The values /metrics serves; --export writes them to a file. `metrics add|list|remove`
+    /// manage custom metrics read from the maps of loaded programs.
+    #[command(args_conflicts_with_subcommands = true)]
     Metrics {
         /// Write a snapshot to FILE instead of printing.
         #[arg(long)]
@@ -107,6 +111,8 @@ enum Command {
         /// json (a list of samples) or prometheus (the text format).
         #[arg(long, value_enum, default_value = "json")]
         format: MetricsFormat,
+        #[command(subcommand)]
+        action: Option<MetricsAction>,
     },
     /// Flows seen by the firewall, with filters (like `hubble observe`).
     Flows(flows::FlowArgs),
@@ -119,6 +125,38 @@ enum Command {
     Debug(DebugArgs),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+enum MetricsAction {
+    /// Export a map of a loaded program as a metric: each key gives the label values, each
+    /// value (CPUs summed) the sample, read at every scrape.
+    Add {
+        /// Metric name, e.g. ebpf_custom_packets.
+        #[arg(long)]
+        name: String,
+        #[arg(long = "type", value_enum)]
+        kind: MetricKindArg,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Label names in key order, each `name` or `name:type` (u8, u16, u32, u64, be16,
+        /// be32, ipv4, ipv6, ifindex, hex); untyped labels share the key's bytes evenly.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// PROGRAM_ID:MAP, e.g. xdp_count-1:PACKETS.
+        #[arg(long)]
+        from_map: String,
+    },
+    /// The custom metrics, their sources and how many series each exports now.
+    List,
+    /// Stop exporting a custom metric.
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum MetricKindArg {
+    Counter,
+    Gauge,
 }
 
 #[derive(clap::Args, Debug)]
@@ -202,6 +240,16 @@ fn main() -> ExitCode {
         Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Alerts => Request::Alerts,
         Command::Tcp => Request::Tcp,
+        Command::Metrics {
+            action: Some(ref action),
+            ..
+        } => match custom_metrics_request(action) {
+            Ok(r) => Request::CustomMetrics(r),
+            Err(message) => {
+                eprintln!("x0tta6bl4-ebpf: {message}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Metrics { .. } => Request::Metrics,
         Command::Debug(ref d) => match (&d.action, d.enable, d.disable) {
             (Some(DebugAction::Crash { actor }), _, _) => {
@@ -267,6 +315,7 @@ fn main() -> ExitCode {
         Command::Metrics {
             export: Some(path),
             format,
+            ..
         },
         Response::Metrics(m),
     ) = (&cli.command, &response)
@@ -301,6 +350,44 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn custom_metrics_request(action: &MetricsAction) -> Result<CustomMetricsRequest, String> {
+    Ok(match action {
+        MetricsAction::List => CustomMetricsRequest::List,
+        MetricsAction::Remove { name } => CustomMetricsRequest::Remove { name: name.clone() },
+        MetricsAction::Add {
+            name,
+            kind,
+            description,
+            labels,
+            from_map,
+        } => {
+            let (program_id, map) = from_map
+                .rsplit_once(':')
+                .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "--from-map {from_map:?}: give PROGRAM_ID:MAP, e.g. xdp_count-1:PACKETS"
+                    )
+                })?;
+            CustomMetricsRequest::Add(CustomMetric {
+                name: name.clone(),
+                kind: match kind {
+                    MetricKindArg::Counter => MetricKind::Counter,
+                    MetricKindArg::Gauge => MetricKind::Gauge,
+                },
+                description: if description.is_empty() {
+                    format!("{map} of {program_id}")
+                } else {
+                    description.clone()
+                },
+                labels: labels.iter().filter(|l| !l.is_empty()).cloned().collect(),
+                program_id: program_id.to_string(),
+                map: map.to_string(),
+            })
+        }
+    })
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -358,6 +445,8 @@ fn print(
         Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
         Response::Metrics(m) if as_json => json(m),
         Response::Metrics(m) => render::metrics(m),
+        Response::CustomMetrics(m) if as_json => json(m),
+        Response::CustomMetrics(m) => render::custom_metrics(m),
         Response::Tcp(t) if as_json => json(&t.peers),
         Response::Tcp(t) => render::tcp(t),
         Response::Alerts(a) if as_json => json(a),

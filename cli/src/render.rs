@@ -1,8 +1,8 @@
 //! Human output: every table the CLI prints is built here.
 
 use actors::api::{
-    Alert, Attachment, Health, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats,
-    Severity, Status, TcpReport,
+    Alert, Attachment, CustomMetricStatus, Health, MetricsSnapshot, PacketCounters, ProgramInfo,
+    ProgramStats, Severity, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -209,6 +209,27 @@ pub fn metrics(m: &MetricsSnapshot) -> String {
         t.add_row(vec![s.name.clone(), labels.join(" "), s.value.to_string()]);
     }
     format!("taken at {}\n\n{t}\n", m.taken_at)
+}
+
+pub fn custom_metrics(metrics: &[CustomMetricStatus]) -> String {
+    if metrics.is_empty() {
+        return "no custom metrics (add one with `x0tta6bl4-ebpf metrics add --name N --type counter --labels a,b --from-map PROGRAM_ID:MAP`)\n".into();
+    }
+    let mut t = table(&["NAME", "TYPE", "LABELS", "FROM", "SERIES"]);
+    for m in metrics {
+        t.add_row(vec![
+            m.metric.name.clone(),
+            m.metric.kind.to_string(),
+            m.metric.labels.join(","),
+            format!("{}:{}", m.metric.program_id, m.metric.map),
+            match (&m.series, &m.problem) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(p)) => format!("none: {p}"),
+                (None, None) => "none".into(),
+            },
+        ]);
+    }
+    format!("{t}\n")
 }
 
 pub fn tcp(report: &TcpReport) -> String {

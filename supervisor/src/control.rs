@@ -40,6 +40,8 @@ pub struct Control {
     pub set_log_filter: SetLogFilter,
     /// `--enable-fault-injection`: `debug crash` is allowed.
     pub fault_injection: bool,
+    /// `metrics add|list|remove`: metrics read from the maps of loaded programs.
+    pub custom_metrics: crate::custom_metrics::CustomMetrics,
 }
 
 impl Control {
@@ -225,6 +227,9 @@ impl Control {
                 }
                 None => Vec::new(),
             }),
+            Request::CustomMetrics(request) => {
+                Response::CustomMetrics(self.custom_metrics.handle(request, &loader).await?)
+            }
             Request::Flows(query) => Response::Flows(
                 ask(&flow_actor()?, "FlowActor", |reply| FlowMsg::Query {
                     query,

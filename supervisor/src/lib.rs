@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod config;
 pub mod control;
+pub mod custom_metrics;
 pub mod host;
 pub mod metrics;
 pub mod root;

@@ -268,6 +268,7 @@ async fn run(
         metrics_problem: metrics_listener.as_ref().err().cloned(),
         set_log_filter,
         fault_injection,
+        custom_metrics: supervisor::custom_metrics::CustomMetrics::load(&config.state_dir),
     };
     let metrics = match metrics_listener {
         Ok(Some(l)) => Some(tokio::spawn(supervisor::metrics::serve(control.clone(), l))),

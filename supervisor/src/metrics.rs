@@ -136,7 +136,7 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
         .collect()
 }
 
-fn counter(pairs: &[(&str, &str)], value: u64) -> Metric {
+pub(crate) fn counter(pairs: &[(&str, &str)], value: u64) -> Metric {
     let mut c = Counter::default();
     c.set_value(value as f64);
     let mut m = Metric::from_label(labels(pairs));
@@ -144,7 +144,7 @@ fn counter(pairs: &[(&str, &str)], value: u64) -> Metric {
     m
 }
 
-fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
+pub(crate) fn gauge(pairs: &[(&str, &str)], value: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(value);
     let mut m = Metric::from_label(labels(pairs));
@@ -157,6 +157,16 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
         METRIC_NAMES.contains(&name),
         "{name} is served but missing from METRIC_NAMES"
     );
+    unchecked_family(name, help, kind, metrics)
+}
+
+/// A family whose name the operator chose (custom metrics), so not in METRIC_NAMES.
+pub(crate) fn unchecked_family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    metrics: Vec<Metric>,
+) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
     f.set_help(help.to_string());
@@ -466,6 +476,9 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
             })
             .collect(),
     ));
+    if let Some(loader) = ActorRef::<LoaderMsg>::where_is(LOADER) {
+        families.extend(control.custom_metrics.families(&loader).await);
+    }
     families.retain(|f| !f.get_metric().is_empty());
     Ok(families)
 }
