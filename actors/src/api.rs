@@ -129,6 +129,37 @@ pub enum Request {
     Tcp,
     /// Metrics exported from the maps of loaded programs (`metrics add|list|remove`).
     CustomMetrics(CustomMetricsRequest),
+    /// The MAPE-K loop: what it sees now and what it did.
+    Mapek,
+}
+
+/// What the MAPE-K loop did about a symptom, and whether it helped.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MapekEntry {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// What was wrong, e.g. `flow_table_pressure:xdp_firewall-1`.
+    pub symptom: String,
+    /// What was done: `age_out_flows`, `retry_attachment`, `escalate`, `observe`.
+    pub action: String,
+    /// Why this action (which step of the policy, and what the knowledge said).
+    pub reason: String,
+    /// What the action reported (e.g. how many flows it removed).
+    pub detail: String,
+    /// `pending` until the next cycle, then `resolved` (the symptom is gone) or `persisted`.
+    pub outcome: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MapekReport {
+    /// False with `enable_mapek_integration = false`.
+    pub enabled: bool,
+    pub interval_seconds: f64,
+    pub cycles: u64,
+    /// Symptoms found by the latest cycle.
+    pub symptoms: Vec<String>,
+    /// The knowledge: symptom → action → outcome, oldest first (bounded).
+    pub history: Vec<MapekEntry>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -466,6 +497,7 @@ pub enum Response {
     Metrics(MetricsSnapshot),
     Tcp(TcpReport),
     CustomMetrics(Vec<CustomMetricStatus>),
+    Mapek(MapekReport),
     Error(ApiError),
 }
 

@@ -114,6 +114,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<MetricsAction>,
     },
+    /// The MAPE-K loop: `status` (symptoms now, recent actions) or `history` (the knowledge).
+    Mapek {
+        #[command(subcommand)]
+        view: MapekView,
+    },
     /// Flows seen by the firewall, with filters (like `hubble observe`).
     Flows(flows::FlowArgs),
     /// The firewall rules: list, add, del, apply FILE, explain.
@@ -151,6 +156,14 @@ enum MetricsAction {
     List,
     /// Stop exporting a custom metric.
     Remove { name: String },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+enum MapekView {
+    /// Whether it runs, its cycles, the symptoms it sees now and its latest actions.
+    Status,
+    /// Every remembered symptom → action → outcome, oldest first.
+    History,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -239,6 +252,7 @@ fn main() -> ExitCode {
         Command::Health => Request::Health,
         Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Alerts => Request::Alerts,
+        Command::Mapek { .. } => Request::Mapek,
         Command::Tcp => Request::Tcp,
         Command::Metrics {
             action: Some(ref action),
@@ -342,7 +356,13 @@ fn main() -> ExitCode {
             ..
         }
     );
-    let verbose = matches!(cli.command, Command::Programs { verbose: true });
+    let verbose = matches!(
+        cli.command,
+        Command::Programs { verbose: true }
+            | Command::Mapek {
+                view: MapekView::History
+            }
+    );
     match print(&response, cli.json, verbose, prometheus) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -445,6 +465,9 @@ fn print(
         Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
         Response::Metrics(m) if as_json => json(m),
         Response::Metrics(m) => render::metrics(m),
+        Response::Mapek(m) if as_json && verbose => json(&m.history),
+        Response::Mapek(m) if as_json => json(m),
+        Response::Mapek(m) => render::mapek(m, verbose),
         Response::CustomMetrics(m) if as_json => json(m),
         Response::CustomMetrics(m) => render::custom_metrics(m),
         Response::Tcp(t) if as_json => json(&t.peers),

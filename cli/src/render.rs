@@ -1,8 +1,8 @@
 //! Human output: every table the CLI prints is built here.
 
 use actors::api::{
-    Alert, Attachment, CustomMetricStatus, Health, MetricsSnapshot, PacketCounters, ProgramInfo,
-    ProgramStats, Severity, Status, TcpReport,
+    Alert, Attachment, CustomMetricStatus, Health, MapekReport, MetricsSnapshot, PacketCounters,
+    ProgramInfo, ProgramStats, Severity, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -209,6 +209,44 @@ pub fn metrics(m: &MetricsSnapshot) -> String {
         t.add_row(vec![s.name.clone(), labels.join(" "), s.value.to_string()]);
     }
     format!("taken at {}\n\n{t}\n", m.taken_at)
+}
+
+/// `mapek status` (the latest 10 actions) or, with `all`, `mapek history`.
+pub fn mapek(m: &MapekReport, all: bool) -> String {
+    if !m.enabled {
+        return "the MAPE-K loop is off (enable_mapek_integration = false)\n".into();
+    }
+    let mut out = String::new();
+    if !all {
+        out.push_str(&format!(
+            "MAPE-K: every {}s, {} cycles; symptoms now: {}\n\n",
+            m.interval_seconds,
+            m.cycles,
+            if m.symptoms.is_empty() {
+                "none".to_string()
+            } else {
+                m.symptoms.join(", ")
+            }
+        ));
+    }
+    if m.history.is_empty() {
+        out.push_str("no actions taken yet\n");
+        return out;
+    }
+    let shown = if all { m.history.len() } else { 10 };
+    let mut t = table(&["AT", "SYMPTOM", "ACTION", "OUTCOME", "WHY", "DETAIL"]);
+    for e in m.history.iter().rev().take(shown).rev() {
+        t.add_row(vec![
+            e.at.clone(),
+            e.symptom.clone(),
+            e.action.clone(),
+            e.outcome.clone(),
+            e.reason.clone(),
+            e.detail.clone(),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
 }
 
 pub fn custom_metrics(metrics: &[CustomMetricStatus]) -> String {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use actors::api::{
     self, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
-    InterfaceAttachment, PacketCounters, ProgramStats, Request, Response, RulesRequest, Status,
+    InterfaceAttachment, MapekReport, PacketCounters, ProgramStats, Request, Response,
+    RulesRequest, Status,
 };
 use actors::flows::FlowMsg;
 use actors::interfaces::InterfacesMsg;
@@ -19,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::alerts::{ALERTS, AlertsMsg};
+use crate::mapek::{MAPEK, MapekMsg};
 use crate::root::{FLOWS, INTERFACES, LOADER, RootMsg};
 
 /// A client that starts a frame must finish it within this time.
@@ -226,6 +228,16 @@ impl Control {
                     ask(&alerts, "AlertsActor", |reply| AlertsMsg::List { reply }).await?
                 }
                 None => Vec::new(),
+            }),
+            Request::Mapek => Response::Mapek(match ActorRef::<MapekMsg>::where_is(MAPEK) {
+                Some(m) => ask(&m, "MapekActor", |reply| MapekMsg::Report { reply }).await?,
+                None => MapekReport {
+                    enabled: false,
+                    interval_seconds: 0.0,
+                    cycles: 0,
+                    symptoms: Vec::new(),
+                    history: Vec::new(),
+                },
             }),
             Request::CustomMetrics(request) => {
                 Response::CustomMetrics(self.custom_metrics.handle(request, &loader).await?)

@@ -6,5 +6,6 @@ pub mod config;
 pub mod control;
 pub mod custom_metrics;
 pub mod host;
+pub mod mapek;
 pub mod metrics;
 pub mod root;

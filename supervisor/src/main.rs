@@ -286,6 +286,25 @@ async fn run(
     )
     .await
     .context("starting the AlertsActor")?;
+    let mapek = if config.enable_mapek_integration {
+        let (mapek, _) = Actor::spawn(
+            Some(supervisor::mapek::MAPEK.into()),
+            supervisor::mapek::MapekActor,
+            supervisor::mapek::MapekArgs {
+                control: control.clone(),
+                interval: std::time::Duration::from_secs_f64(config.monitoring_interval_seconds),
+                state_dir: config.state_dir.clone(),
+                policy: supervisor::mapek::Policy::from_idle_timeout(
+                    std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
+                ),
+            },
+        )
+        .await
+        .context("starting the MapekActor")?;
+        Some(mapek)
+    } else {
+        None
+    };
     // Ready (systemd Type=notify) once the socket serves and the restored state is in place:
     // the InterfaceSupervisor answers only after restoring the attachments, the root only
     // after the startup plan it queued when it started.
@@ -324,6 +343,10 @@ async fn run(
     server.abort();
     if let Some(m) = metrics {
         m.abort();
+    }
+    // The loop must not act on the teardown (retry the attachments being detached, say).
+    if let Some(m) = &mapek {
+        m.stop(None);
     }
     let keep = config.keep_attached_on_shutdown;
     if keep {
