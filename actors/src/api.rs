@@ -131,6 +131,24 @@ pub enum Request {
     CustomMetrics(CustomMetricsRequest),
     /// The MAPE-K loop: what it sees now and what it did.
     Mapek,
+    /// The supervision tree: every actor, its state, restarts and latest failure.
+    Supervisor,
+}
+
+/// One actor of the supervision tree (or beside it), in tree order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ActorNode {
+    pub name: String,
+    /// 0 for the root and the actors beside the tree, 1 for its children, …
+    pub depth: u8,
+    /// What it is: `supervisor (rest_for_one)`, `worker`, …
+    pub role: String,
+    /// `running`, `restarting`, `off`, or why it is not running.
+    pub state: String,
+    pub restarts: u64,
+    /// RFC 3339, and why it last died.
+    pub last_failure_at: Option<String>,
+    pub last_failure: Option<String>,
 }
 
 /// What the MAPE-K loop did about a symptom, and whether it helped.
@@ -498,6 +516,7 @@ pub enum Response {
     Tcp(TcpReport),
     CustomMetrics(Vec<CustomMetricStatus>),
     Mapek(MapekReport),
+    Supervisor(Vec<ActorNode>),
     Error(ApiError),
 }
 

@@ -18,6 +18,9 @@ use crate::rpc::ask;
 const REATTACH_FIRST_DELAY: Duration = Duration::from_millis(10);
 const REATTACH_MAX_DELAY: Duration = Duration::from_millis(640);
 
+/// Told of every AttachActor restart: (interface, why it died).
+pub type OnRestart = std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 pub enum InterfacesMsg {
     Attach {
         program_id: String,
@@ -92,7 +95,7 @@ pub struct InterfacesState {
     make_intensity: fn() -> RestartIntensity,
     state_dir: std::path::PathBuf,
     fallback: bool,
-    on_restart: std::sync::Arc<dyn Fn() + Send + Sync>,
+    on_restart: OnRestart,
     /// Attachments whose link was lost and could not be made again yet, with why.
     lost: BTreeMap<(String, String), String>,
     ticker: Option<tokio::task::JoinHandle<()>>,
@@ -109,7 +112,7 @@ pub struct InterfacesArgs {
     /// Where the attachments are saved (and restored from at start).
     pub state_dir: std::path::PathBuf,
     /// Told of every AttachActor restart, so that the count outlives this supervisor.
-    pub on_restart: std::sync::Arc<dyn Fn() + Send + Sync>,
+    pub on_restart: OnRestart,
 }
 
 /// The attachments as saved in the state dir.
@@ -416,7 +419,7 @@ impl Actor for InterfaceSupervisor {
             return Ok(());
         }
         state.restarts += 1;
-        (state.on_restart)();
+        (state.on_restart)(&interface, &why);
         for (program_id, attachment) in wanted {
             // The links are pinned, so the programs stayed attached while the actor died; the
             // loader adopts the pins for the new actor. Should a pin be gone, the attach is

@@ -66,7 +66,7 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
         ),
         "# TYPE ebpf_latency_microseconds histogram".to_string(),
         "ebpf_latency_microseconds_bucket{program=\"xdp_firewall-1\",le=\"+Inf\"}".to_string(),
-        "ebpf_supervisor_restarts_total{actor=\"attach_actor\"} 0".to_string(),
+        "ebpf_supervisor_restarts_total{actor=\"LoaderActor\"} 0".to_string(),
     ] {
         assert!(body.contains(&expected), "missing {expected:?} in:\n{body}");
     }

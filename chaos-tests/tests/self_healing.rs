@@ -110,6 +110,53 @@ fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
             "flows are answered after {actor}: {flows}"
         );
     }
+    // The tree shows each actor once restarted, with when and why it died.
+    let tree = daemon.cli_json(&["supervisor"]);
+    let node = |name: &str| -> serde_json::Value {
+        tree.as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {tree:#}"))
+    };
+    for name in [
+        format!("AttachActor[{interface}]"),
+        "LoaderActor".to_string(),
+        "InterfaceSupervisor".to_string(),
+        "FlowActor".to_string(),
+    ] {
+        let n = node(&name);
+        assert_eq!(
+            (n["restarts"].as_u64(), n["state"].as_str()),
+            (Some(1), Some("running")),
+            "{n}"
+        );
+        assert!(
+            n["last_failure"]
+                .as_str()
+                .unwrap()
+                .contains("fault inject"),
+            "{n}"
+        );
+    }
+    assert_eq!(node("RootSupervisor")["depth"], 0);
+    assert_eq!(node(&format!("AttachActor[{interface}]"))["depth"], 2);
+    let human = String::from_utf8(daemon.cli(&["supervisor"]).stdout).unwrap();
+    assert!(human.contains("└─ LoaderActor"), "{human}");
+    let metrics = daemon.cli_json(&["metrics"]);
+    let restarts_of = |actor: &str| {
+        metrics["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["name"] == "ebpf_supervisor_restarts_total" && s["labels"]["actor"] == actor
+            })
+            .and_then(|s| s["value"].as_f64())
+    };
+    assert_eq!(restarts_of("FlowActor"), Some(1.0));
+
     let log = daemon.log_text();
     assert!(log.contains("fault injected into AttachActor"), "{log}");
     assert!(log.contains("fault injected into LoaderActor"), "{log}");

@@ -114,6 +114,8 @@ enum Command {
         #[command(subcommand)]
         action: Option<MetricsAction>,
     },
+    /// The supervision tree: each actor, its state, restarts and latest failure.
+    Supervisor,
     /// The MAPE-K loop: `status` (symptoms now, recent actions) or `history` (the knowledge).
     Mapek {
         #[command(subcommand)]
@@ -253,6 +255,7 @@ fn main() -> ExitCode {
         Command::Flows(ref args) => Request::Flows(args.query()),
         Command::Alerts => Request::Alerts,
         Command::Mapek { .. } => Request::Mapek,
+        Command::Supervisor => Request::Supervisor,
         Command::Tcp => Request::Tcp,
         Command::Metrics {
             action: Some(ref action),
@@ -465,6 +468,8 @@ fn print(
         Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
         Response::Metrics(m) if as_json => json(m),
         Response::Metrics(m) => render::metrics(m),
+        Response::Supervisor(t) if as_json => json(t),
+        Response::Supervisor(t) => render::supervisor(t),
         Response::Mapek(m) if as_json && verbose => json(&m.history),
         Response::Mapek(m) if as_json => json(m),
         Response::Mapek(m) => render::mapek(m, verbose),

@@ -1,8 +1,8 @@
 //! Human output: every table the CLI prints is built here.
 
 use actors::api::{
-    Alert, Attachment, CustomMetricStatus, Health, MapekReport, MetricsSnapshot, PacketCounters,
-    ProgramInfo, ProgramStats, Severity, Status, TcpReport,
+    ActorNode, Alert, Attachment, CustomMetricStatus, Health, MapekReport, MetricsSnapshot,
+    PacketCounters, ProgramInfo, ProgramStats, Severity, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -209,6 +209,29 @@ pub fn metrics(m: &MetricsSnapshot) -> String {
         t.add_row(vec![s.name.clone(), labels.join(" "), s.value.to_string()]);
     }
     format!("taken at {}\n\n{t}\n", m.taken_at)
+}
+
+/// The supervision tree, indented by depth.
+pub fn supervisor(nodes: &[ActorNode]) -> String {
+    let mut t = table(&["ACTOR", "STATE", "RESTARTS", "LAST FAILURE", "ROLE"]);
+    for n in nodes {
+        let indent = if n.depth == 0 {
+            String::new()
+        } else {
+            format!("{}└─ ", "   ".repeat(usize::from(n.depth) - 1))
+        };
+        t.add_row(vec![
+            format!("{indent}{}", n.name),
+            n.state.clone(),
+            n.restarts.to_string(),
+            match (&n.last_failure_at, &n.last_failure) {
+                (Some(at), Some(why)) => format!("{at}: {why}"),
+                _ => "-".into(),
+            },
+            n.role.clone(),
+        ]);
+    }
+    format!("{t}\n")
 }
 
 /// `mapek status` (the latest 10 actions) or, with `all`, `mapek history`.

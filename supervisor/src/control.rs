@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actors::api::{
-    self, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
+    self, ActorNode, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
     InterfaceAttachment, MapekReport, PacketCounters, ProgramStats, Request, Response,
     RulesRequest, Status,
 };
@@ -229,6 +229,7 @@ impl Control {
                 }
                 None => Vec::new(),
             }),
+            Request::Supervisor => Response::Supervisor(self.tree(&interfaces).await?),
             Request::Mapek => Response::Mapek(match ActorRef::<MapekMsg>::where_is(MAPEK) {
                 Some(m) => ask(&m, "MapekActor", |reply| MapekMsg::Report { reply }).await?,
                 None => MapekReport {
@@ -320,6 +321,83 @@ impl Control {
         }
     }
 
+    /// The supervision tree as it is now, with what the root recorded of each actor's deaths.
+    async fn tree(&self, interfaces: &ActorRef<InterfacesMsg>) -> Result<Vec<ActorNode>, ApiError> {
+        let report = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
+            reply,
+        })
+        .await?;
+        let attached = attachments(interfaces).await?;
+        let node = |name: &str, depth: u8, role: &str, running: Option<bool>| {
+            let record = report.actors.get(name);
+            ActorNode {
+                name: name.to_string(),
+                depth,
+                role: role.to_string(),
+                state: match running {
+                    Some(true) => "running".into(),
+                    Some(false) => "restarting".into(),
+                    None => "off".into(),
+                },
+                restarts: record.map_or(0, |r| r.restarts),
+                last_failure_at: record.and_then(|r| r.last_failure.as_ref().map(|f| f.0.clone())),
+                last_failure: record.and_then(|r| r.last_failure.as_ref().map(|f| f.1.clone())),
+            }
+        };
+        let registered = |name: &str| ractor::registry::where_is(name).is_some();
+        let mut root = node(
+            "RootSupervisor",
+            0,
+            "supervisor: LoaderActor → InterfaceSupervisor rest_for_one; FlowActor alone",
+            Some(true),
+        );
+        if let Some(why) = &report.gave_up {
+            root.state = format!("gave up: {why}");
+        }
+        let mut nodes = vec![root];
+        nodes.push(node(
+            "LoaderActor",
+            1,
+            "worker: programs, maps, pins",
+            Some(registered(LOADER)),
+        ));
+        nodes.push(node(
+            "InterfaceSupervisor",
+            1,
+            "supervisor: one_for_one, an AttachActor per interface",
+            Some(registered(INTERFACES)),
+        ));
+        let interfaces_seen: std::collections::BTreeSet<&str> =
+            attached.iter().map(|a| a.interface.as_str()).collect();
+        for interface in interfaces_seen {
+            nodes.push(node(
+                &format!("AttachActor[{interface}]"),
+                2,
+                "worker: the interface's links, liveness",
+                Some(true),
+            ));
+        }
+        nodes.push(node(
+            "FlowActor",
+            1,
+            "worker: flow tables",
+            Some(registered(FLOWS)),
+        ));
+        nodes.push(node(
+            "AlertsActor",
+            0,
+            "beside the tree: alerts",
+            Some(registered(ALERTS)),
+        ));
+        nodes.push(node(
+            "MapekActor",
+            0,
+            "beside the tree: the MAPE-K loop",
+            registered(MAPEK).then_some(true),
+        ));
+        Ok(nodes)
+    }
+
     /// `health`, also when the actors are between restarts (then unhealthy, saying so).
     pub async fn health_report(&self) -> Health {
         match children() {
@@ -336,6 +414,26 @@ impl Control {
                 Health::from_checks(checks)
             }
         }
+    }
+
+    /// Restarts so far by actor (`AttachActor[eth0]`, …); the root's children are always
+    /// there, at 0 before their first restart.
+    pub async fn restarts_by_actor(&self) -> BTreeMap<String, u64> {
+        let mut by_actor: BTreeMap<String, u64> =
+            ["LoaderActor", "InterfaceSupervisor", "FlowActor"]
+                .iter()
+                .map(|a| (a.to_string(), 0))
+                .collect();
+        if let Ok(report) = ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
+            reply,
+        })
+        .await
+        {
+            for (actor, record) in report.actors {
+                by_actor.insert(actor, record.restarts);
+            }
+        }
+        by_actor
     }
 
     /// Restarts so far: (of the root's children, of AttachActors).

@@ -288,7 +288,7 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
         .unwrap_or_default(),
         None => Vec::new(),
     };
-    let restarts = control.restarts().await;
+    let restarts = control.restarts_by_actor().await;
     let active_alerts = match control.dispatch(Request::Alerts).await {
         Response::Alerts(a) => a,
         _ => Vec::new(),
@@ -420,10 +420,10 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
         "ebpf_supervisor_restarts_total",
         "Actor restarts by the supervisors since the daemon started",
         MetricType::COUNTER,
-        vec![
-            counter(&[("actor", "loader_or_interface_supervisor")], restarts.0),
-            counter(&[("actor", "attach_actor")], restarts.1),
-        ],
+        restarts
+            .iter()
+            .map(|(actor, n)| counter(&[("actor", actor.as_str())], *n))
+            .collect(),
     ));
     if let Response::Tcp(tcp) = control.dispatch(Request::Tcp).await
         && tcp.enabled

@@ -45,7 +45,7 @@ pub enum RootMsg {
     /// Runs the startup plan (sent to itself after start and after restarts).
     RunPlan,
     /// The InterfaceSupervisor restarted an AttachActor.
-    AttachActorRestarted,
+    AttachActorRestarted { interface: String, why: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,6 +56,23 @@ pub struct RootReport {
     /// Restarts of AttachActors, counted here so that they survive their supervisor's own.
     pub attach_restarts: u64,
     pub gave_up: Option<String>,
+    /// Per actor (`LoaderActor`, `AttachActor[eth0]`, …): restarts and the latest failure.
+    pub actors: std::collections::BTreeMap<String, ActorRecord>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ActorRecord {
+    pub restarts: u64,
+    /// When (RFC 3339) and why it last died.
+    pub last_failure: Option<(String, String)>,
+}
+
+impl RootReport {
+    fn record(&mut self, actor: &str, why: &str) {
+        let r = self.actors.entry(actor.to_string()).or_default();
+        r.restarts += 1;
+        r.last_failure = Some((actors::sys::now_rfc3339(), why.to_string()));
+    }
 }
 
 pub struct RootState {
@@ -111,7 +128,12 @@ impl Actor for RootSupervisor {
             RootMsg::Report { reply } => {
                 let _ = reply.send(state.report.clone());
             }
-            RootMsg::AttachActorRestarted => state.report.attach_restarts += 1,
+            RootMsg::AttachActorRestarted { interface, why } => {
+                state.report.attach_restarts += 1;
+                state
+                    .report
+                    .record(&format!("AttachActor[{interface}]"), &why);
+            }
             RootMsg::RunPlan => {
                 state.report.startup_error = state.run_plan().await.err().map(|e| e.message);
             }
@@ -165,6 +187,7 @@ impl Actor for RootSupervisor {
             return Ok(());
         }
         state.report.restarts += 1;
+        state.report.record(who, &why);
         if is_flows {
             state.flows = None;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -242,8 +265,11 @@ impl RootState {
                 fallback: self.plan.fallback,
                 on_restart: {
                     let root = myself.clone();
-                    std::sync::Arc::new(move || {
-                        let _ = root.cast(RootMsg::AttachActorRestarted);
+                    std::sync::Arc::new(move |interface: &str, why: &str| {
+                        let _ = root.cast(RootMsg::AttachActorRestarted {
+                            interface: interface.to_string(),
+                            why: why.to_string(),
+                        });
                     })
                 },
             },

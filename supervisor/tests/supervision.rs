@@ -65,7 +65,7 @@ async fn tree(
             intensity,
             state_dir: dirs.state.path().to_path_buf(),
             fallback: true,
-            on_restart: std::sync::Arc::new(|| {}),
+            on_restart: std::sync::Arc::new(|_: &str, _: &str| {}),
         },
     )
     .await
