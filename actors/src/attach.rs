@@ -43,7 +43,8 @@ pub enum AttachMsg {
     Verify {
         reply: RpcReplyPort<Result<(), String>>,
     },
-    /// Periodic: is every held link still attached? (Sent to itself every `CHECK_EVERY`.)
+    /// Is every held link still attached, is the interface up? Sent to itself every
+    /// `CHECK_EVERY`, and by the supervisor when netlink announces a link change.
     Check,
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
@@ -62,6 +63,8 @@ pub struct AttachState {
     interface: String,
     links: BTreeMap<String, HeldLink>,
     supervisor: ActorRef<crate::interfaces::InterfacesMsg>,
+    /// Why the interface passes no traffic, as last told to the supervisor.
+    down: Option<String>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,6 +84,7 @@ impl Actor for AttachActor {
             interface: args.interface,
             links: BTreeMap::new(),
             supervisor: args.supervisor,
+            down: None,
             ticker: None,
         })
     }
@@ -141,6 +145,16 @@ impl Actor for AttachActor {
                 let _ = reply.send(result);
             }
             AttachMsg::Check => {
+                let down = sys::link_down_reason(&state.interface);
+                if down != state.down {
+                    state.down = down.clone();
+                    let _ = state
+                        .supervisor
+                        .cast(crate::interfaces::InterfacesMsg::LinkState {
+                            interface: state.interface.clone(),
+                            down,
+                        });
+                }
                 let lost: Vec<(String, String)> = state
                     .links
                     .iter()

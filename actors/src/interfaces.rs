@@ -56,6 +56,13 @@ pub enum InterfacesMsg {
     },
     /// Periodic: retries attachments waiting for their interface.
     RetryLost,
+    /// The kernel announced a link change (netlink): check every attachment now.
+    LinksChanged,
+    /// An AttachActor found its interface down (`Some(why)`) or up again (`None`).
+    LinkState {
+        interface: String,
+        down: Option<String>,
+    },
     /// Fault injection: makes the supervisor itself panic.
     Crash,
     /// Fault injection: makes the interface's AttachActor panic.
@@ -78,6 +85,8 @@ pub struct SupervisionReport {
     pub attachments: usize,
     /// Attachments running in another mode than requested (xdp_mode_degraded), described.
     pub degraded: Vec<String>,
+    /// Interfaces with attachments that pass no traffic (down, no carrier), described.
+    pub down: Vec<String>,
 }
 
 pub struct InterfacesState {
@@ -98,6 +107,8 @@ pub struct InterfacesState {
     on_restart: OnRestart,
     /// Attachments whose link was lost and could not be made again yet, with why.
     lost: BTreeMap<(String, String), String>,
+    /// Interfaces with attachments that are down or without carrier, with why.
+    down: BTreeMap<String, String>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -142,6 +153,7 @@ impl Actor for InterfaceSupervisor {
             fallback: args.fallback,
             on_restart: args.on_restart,
             lost: BTreeMap::new(),
+            down: BTreeMap::new(),
             ticker: None,
         })
     }
@@ -268,6 +280,12 @@ impl Actor for InterfaceSupervisor {
                             )
                         })
                         .collect(),
+                    down: state
+                        .down
+                        .iter()
+                        .filter(|(i, _)| state.attachments.get(*i).is_some_and(|m| !m.is_empty()))
+                        .map(|(_, why)| why.clone())
+                        .collect(),
                 };
                 for (interface, child) in &state.children {
                     if state
@@ -316,6 +334,25 @@ impl Actor for InterfaceSupervisor {
                     state.save();
                 }
             }
+            InterfacesMsg::LinksChanged => {
+                for child in state.children.values() {
+                    let _ = child.cast(AttachMsg::Check);
+                }
+                if !state.lost.is_empty() {
+                    let _ = myself.cast(InterfacesMsg::RetryLost);
+                }
+            }
+            InterfacesMsg::LinkState { interface, down } => match down {
+                Some(why) => {
+                    warn!(%interface, %why, "interface down");
+                    state.down.insert(interface, why);
+                }
+                None => {
+                    if state.down.remove(&interface).is_some() {
+                        info!(%interface, "interface up again");
+                    }
+                }
+            },
             InterfacesMsg::RetryLost => {
                 let lost: Vec<(String, String)> = state.lost.keys().cloned().collect();
                 for (interface, program_id) in lost {

@@ -271,6 +271,64 @@ pub fn fdinfo_field(fd: std::os::fd::BorrowedFd<'_>, key: &str) -> std::io::Resu
         })
 }
 
+/// Calls `changed` whenever the kernel announces a link change in this network namespace
+/// (rtnetlink's RTMGRP_LINK: an interface created, deleted, up, down, renamed). The message
+/// itself is not parsed: the callers check the interfaces they care about. Runs on a thread
+/// of its own for the life of the process.
+pub fn watch_links(changed: impl Fn() + Send + 'static) -> std::io::Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, socket,
+    };
+    use std::os::fd::AsRawFd as _;
+    const RTMGRP_LINK: u32 = 1;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))?;
+    std::thread::Builder::new()
+        .name("netlink-links".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    Ok(_) => changed(),
+                    Err(nix::errno::Errno::EINTR) => {}
+                    // The kernel dropped messages for us: something changed all the same.
+                    Err(nix::errno::Errno::ENOBUFS) => changed(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink link events stopped; the periodic check goes on");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Why an existing interface passes no traffic, if it does not: administratively down, or
+/// up without a carrier. `None` when it is up and running (or gone: that is another matter).
+pub fn link_down_reason(name: &str) -> Option<String> {
+    use nix::net::if_::InterfaceFlags;
+    let flags = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .find(|i| i.interface_name == name)?
+        .flags;
+    if !flags.contains(InterfaceFlags::IFF_UP) {
+        Some(format!(
+            "interface {name} is down (administratively): the program stays attached but sees no packets; `ip link set {name} up`"
+        ))
+    } else if !flags.contains(InterfaceFlags::IFF_RUNNING) {
+        Some(format!(
+            "interface {name} is up but has no carrier (its link or peer is down): the program stays attached but sees no packets"
+        ))
+    } else {
+        None
+    }
+}
+
 /// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
 #[repr(C)]
 #[derive(Default)]

@@ -574,10 +574,7 @@ pub fn kernel_map_memlock_of(kernel_id: u64) -> Vec<(String, u64)> {
 
 /// Ids of the bpf_links that point at program `kernel_id`.
 pub fn kernel_links_of(kernel_id: u64) -> Vec<u64> {
-    let out = run(Command::new("bpftool").args(["--json", "link", "show"]));
-    let links: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
-    links
+    bpftool_list(&["link", "show"])
         .as_array()
         .into_iter()
         .flatten()
@@ -592,6 +589,16 @@ pub fn kernel_linked_programs() -> Vec<u64> {
 }
 
 fn bpftool_ids(args: &[&str], field: &str) -> Vec<u64> {
+    bpftool_list(args)
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p[field].as_u64())
+        .collect()
+}
+
+/// `bpftool --json ARGS` for a listing (`prog show`, `link show`, …).
+fn bpftool_list(args: &[&str]) -> serde_json::Value {
     // bpftool walks ids and then opens each; one torn down in between makes it fail with
     // EAGAIN ("can't get link by id"). Ask again: the answer after the teardown is the one
     // the test wants.
@@ -614,11 +621,5 @@ fn bpftool_ids(args: &[&str], field: &str) -> Vec<u64> {
         }
         std::thread::sleep(Duration::from_millis(25));
     };
-    let list: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bpftool --json output");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p[field].as_u64())
-        .collect()
+    serde_json::from_slice(&out.stdout).expect("bpftool --json output")
 }

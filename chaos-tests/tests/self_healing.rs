@@ -133,10 +133,7 @@ fn crashed_actors_are_restarted_and_the_firewall_never_opens() {
             "{n}"
         );
         assert!(
-            n["last_failure"]
-                .as_str()
-                .unwrap()
-                .contains("fault inject"),
+            n["last_failure"].as_str().unwrap().contains("fault inject"),
             "{n}"
         );
     }
@@ -204,6 +201,7 @@ fn lost_attachments_are_noticed_and_made_again() {
         took < Duration::from_secs(3),
         "noticed and repaired in {took:?}"
     );
+    eprintln!("bpftool link detach noticed and repaired in {took:?}");
     assert_eq!(hosts.ping(denied, 3), 0, "the firewall is back");
     assert!(
         daemon
@@ -211,14 +209,38 @@ fn lost_attachments_are_noticed_and_made_again() {
             .contains("detached behind the daemon's back")
     );
 
+    // The interface goes down (netlink tells the daemon at once): reported, not "repaired"
+    // (the program stays attached); up again, the report clears.
+    let attachments = || daemon.cli_json(&["health"])["checks"]["attachments"].clone();
+    hosts.a.exec(&["ip", "link", "set", &hosts.if_a, "down"]);
+    let took = wait_for("the interface down in health", &daemon, || {
+        attachments()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is down (administratively)"))
+    });
+    eprintln!("interface down noticed in {took:?}");
+    assert_eq!(attachments()["status"], "degraded");
+    assert_eq!(
+        chaos_tests::kernel_links_of(kernel_id).len(),
+        1,
+        "still attached"
+    );
+    hosts.a.exec(&["ip", "link", "set", &hosts.if_a, "up"]);
+    let took = wait_for("the interface up again in health", &daemon, || {
+        attachments()["status"] == "healthy"
+    });
+    eprintln!("interface up noticed in {took:?}");
+    assert!(daemon.log_text().contains("interface up again"));
+
     // The interface is deleted, then comes back under the same name.
     hosts.a.exec(&["ip", "link", "del", &hosts.if_a]);
-    wait_for("the loss to show in health", &daemon, || {
+    let took = wait_for("the loss to show in health", &daemon, || {
         let h = daemon.cli_json(&["health"]);
         h["checks"]["attachments"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("deleted"))
     });
+    eprintln!("interface deletion noticed in {took:?}");
     chaos_tests::run(std::process::Command::new("ip").args([
         "link",
         "add",
@@ -234,17 +256,19 @@ fn lost_attachments_are_noticed_and_made_again() {
         &hosts.b.name,
     ]));
     hosts.a.exec(&["ip", "link", "set", &hosts.if_a, "up"]);
-    wait_for("re-attach to the recreated interface", &daemon, || {
+    hosts.b.exec(&["ip", "link", "set", &hosts.if_b, "up"]);
+    let took = wait_for("re-attach to the recreated interface", &daemon, || {
         let shown = hosts
             .a
             .exec(&["bpftool", "-j", "net", "show", "dev", &hosts.if_a]);
         let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap_or_default();
         v[0]["xdp"][0]["id"].as_u64() == Some(kernel_id)
     });
-    let health = daemon.cli_json(&["health"]);
-    assert_eq!(
-        health["checks"]["attachments"]["status"], "healthy",
-        "{health}"
+    eprintln!("re-attached to the recreated interface in {took:?}");
+    wait_for(
+        "health to clear once the new link has its carrier",
+        &daemon,
+        || attachments()["status"] == "healthy",
     );
 }
 

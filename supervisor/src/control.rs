@@ -483,9 +483,15 @@ impl Control {
                         .collect::<Vec<_>>()
                         .join("; "),
                 ),
-                Ok(r) if !r.degraded.is_empty() => {
-                    check(HealthStatus::Degraded, r.degraded.join("; "))
-                }
+                Ok(r) if !r.degraded.is_empty() || !r.down.is_empty() => check(
+                    HealthStatus::Degraded,
+                    r.degraded
+                        .iter()
+                        .chain(&r.down)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
                 Ok(r) => check(
                     HealthStatus::Healthy,
                     format!("{} attached and present", r.attachments),

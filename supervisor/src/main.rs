@@ -275,6 +275,15 @@ async fn run(
         _ => None,
     };
     let server = tokio::spawn(control.clone().serve(listener));
+    // Link changes (deleted, down, back) reach the AttachActors at once; their periodic check
+    // stays as the safety net.
+    if let Err(e) = actors::sys::watch_links(|| {
+        if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES) {
+            let _ = interfaces.cast(InterfacesMsg::LinksChanged);
+        }
+    }) {
+        tracing::warn!(error = %e, "no netlink link events; attachments are checked every 500 ms only");
+    }
     let (alerts, _) = Actor::spawn(
         Some(supervisor::alerts::ALERTS.into()),
         supervisor::alerts::AlertsActor,
