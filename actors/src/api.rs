@@ -108,6 +108,8 @@ pub enum Request {
         program_id: String,
         interface: String,
         mode: Option<AttachMode>,
+        /// Replace an XDP program on the interface that this daemon does not manage.
+        force: bool,
     },
     Detach {
         program_id: String,
@@ -1079,6 +1081,7 @@ mod tests {
             program_id: "xdp_firewall-1".into(),
             interface: "veth0".into(),
             mode: None,
+            force: false,
         });
     }
 

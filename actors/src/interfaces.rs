@@ -26,6 +26,8 @@ pub enum InterfacesMsg {
         program_id: String,
         interface: String,
         mode: Option<AttachMode>,
+        /// Replace an XDP program this daemon does not manage (`attach --force`).
+        force: bool,
         reply: RpcReplyPort<Result<Attachment, ApiError>>,
     },
     Detach {
@@ -181,7 +183,7 @@ impl Actor for InterfaceSupervisor {
         };
         for a in saved {
             match state
-                .attach(&myself, &a.program_id, &a.interface, Some(a.mode))
+                .attach(&myself, &a.program_id, &a.interface, Some(a.mode), false)
                 .await
             {
                 Ok(_) => {
@@ -211,9 +213,12 @@ impl Actor for InterfaceSupervisor {
                 program_id,
                 interface,
                 mode,
+                force,
                 reply,
             } => {
-                let result = state.attach(&myself, &program_id, &interface, mode).await;
+                let result = state
+                    .attach(&myself, &program_id, &interface, mode, force)
+                    .await;
                 if let Err(e) = &result {
                     state.attach_failures.0 += 1;
                     state.attach_failures.1 =
@@ -320,7 +325,10 @@ impl Actor for InterfaceSupervisor {
                 warn!(%interface, %program_id, %why, "attaching again");
                 state.repairs += 1;
                 let mode = Some(attachment.requested_mode);
-                if let Err(e) = state.attach(&myself, &program_id, &interface, mode).await {
+                if let Err(e) = state
+                    .attach(&myself, &program_id, &interface, mode, false)
+                    .await
+                {
                     let waiting = format!("{why}; waiting to attach {program_id} again ({e})");
                     warn!(%interface, %program_id, "{waiting}");
                     state
@@ -364,7 +372,10 @@ impl Actor for InterfaceSupervisor {
                         .get_mut(&interface)
                         .and_then(|m| m.remove(&program_id))
                         .map(|a| a.requested_mode);
-                    match state.attach(&myself, &program_id, &interface, mode).await {
+                    match state
+                        .attach(&myself, &program_id, &interface, mode, false)
+                        .await
+                    {
                         Ok(_) => {
                             info!(%interface, %program_id, "interface is back: attached again");
                             state.lost.remove(&(interface, program_id));
@@ -473,6 +484,7 @@ impl Actor for InterfaceSupervisor {
                         &program_id,
                         &interface,
                         Some(attachment.requested_mode),
+                        false,
                     )
                     .await;
                 match result {
@@ -557,6 +569,7 @@ impl InterfacesState {
         program_id: &str,
         interface: &str,
         mode: Option<AttachMode>,
+        force: bool,
     ) -> Result<Attachment, ApiError> {
         // An unknown program is the first thing to tell the user, before any interface state.
         let programs = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::List {
@@ -613,7 +626,28 @@ impl InterfacesState {
                 }
             })
         };
-        let new_link = match create(requested).await? {
+        // Another manager's XDP program holds the interface: name it, and replace it only when
+        // asked to (`--force`).
+        let first = match create(requested).await? {
+            Err(e) if e.kind == ErrorKind::Busy => match foreign_xdp(interface) {
+                Some((foreign, name)) if force => {
+                    remove_foreign(interface, &foreign, &name)?;
+                    warn!(%interface, foreign_program_id = foreign.prog_id, foreign_program = %name, mode = %foreign.mode, "replaced an XDP program this daemon did not manage (--force)");
+                    create(requested).await?
+                }
+                Some((foreign, name)) => Err(ApiError::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "interface {interface} runs XDP program id {} ({name}, {} mode) that this daemon does not manage: \
+                         it is not replaced; remove it yourself, or attach with --force to replace it",
+                        foreign.prog_id, foreign.mode
+                    ),
+                )),
+                None => Err(e),
+            },
+            other => other,
+        };
+        let new_link = match first {
             // The driver refused native XDP: skb mode works on every interface. Degrade,
             // loudly: the log, `status`, `programs` and `health` all say so.
             Err(e)
@@ -685,5 +719,47 @@ impl InterfacesState {
         }
         self.save();
         Ok(attachment)
+    }
+}
+
+/// The XDP program on `interface` (which is not ours: ours are in `attachments`) and its name.
+fn foreign_xdp(interface: &str) -> Option<(crate::xdpnl::XdpOnLink, String)> {
+    let ifindex = nix::net::if_::if_nametoindex(interface).ok()?;
+    let on = crate::xdpnl::xdp_of(ifindex).ok()??;
+    let name = crate::xdpnl::program_name(on.prog_id).unwrap_or_else(|| "unnamed".into());
+    Some((on, name))
+}
+
+/// Takes a foreign XDP program off `interface`: the netlink way for one attached the old way,
+/// BPF_LINK_DETACH for one held by a bpf_link (which refuses the netlink way).
+fn remove_foreign(
+    interface: &str,
+    foreign: &crate::xdpnl::XdpOnLink,
+    name: &str,
+) -> Result<(), ApiError> {
+    let failed = |e: std::io::Error| {
+        ApiError::new(
+            ErrorKind::Busy,
+            format!(
+                "--force could not remove XDP program id {} ({name}) from {interface}: {e}",
+                foreign.prog_id
+            ),
+        )
+    };
+    let ifindex = nix::net::if_::if_nametoindex(interface).map_err(|e| failed(e.into()))?;
+    match crate::xdpnl::detach_netlink(ifindex, foreign.mode) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            crate::xdpnl::detach_links(ifindex).map_err(failed)?;
+        }
+        Err(e) => return Err(failed(e)),
+    }
+    match crate::xdpnl::xdp_of(ifindex) {
+        Ok(None) => Ok(()),
+        Ok(Some(still)) => Err(failed(std::io::Error::other(format!(
+            "program id {} is still attached",
+            still.prog_id
+        )))),
+        Err(e) => Err(failed(e)),
     }
 }

@@ -29,6 +29,8 @@ pub mod rules;
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod tcp;
+#[cfg(feature = "runtime")]
+pub mod xdpnl;
 
 /// The kernel programs, embedded in the daemon.
 #[cfg(feature = "runtime")]

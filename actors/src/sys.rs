@@ -168,40 +168,81 @@ pub fn remove_pin_root_if_empty(pin_root: &Path) {
     }
 }
 
-/// The interface an XDP bpf_link pinned at `pin` is attached to; 0 when the link has been
-/// detached (`bpftool link detach`, or its interface was deleted). aya's `LinkInfo` does not
-/// expose this, so: BPF_OBJ_GET on the pin, then BPF_OBJ_GET_INFO_BY_FD, whose `xdp.ifindex`
-/// sits at offset 16 of `struct bpf_link_info` (after type, id, prog_id and 8-byte alignment).
-pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+/// Larger than any bpf_attr layout used here; the kernel requires the unused tail to be zero.
+const ATTR: usize = 128;
+
+/// One bpf(2) call with `attr` (ATTR bytes, the rest zero); the return value.
+fn bpf(cmd: libc::c_long, attr: &mut [u8; ATTR]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr for `cmd`, ATTR bytes that outlive the call;
+    // every pointer its caller put in refers to memory alive for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), ATTR) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn owned_fd(fd: i64) -> std::os::fd::OwnedFd {
     use std::os::fd::FromRawFd as _;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The interface of the XDP bpf_link behind `fd`: `Some(0)` when it has been detached (`bpftool
+/// link detach`, or its interface deleted), `None` when it is no XDP link. aya's `LinkInfo`
+/// does not expose this: BPF_OBJ_GET_INFO_BY_FD, whose `xdp.ifindex` sits at offset 16 of
+/// `struct bpf_link_info` (after type, id, prog_id and 8-byte alignment).
+pub fn xdp_link_ifindex(fd: &std::os::fd::OwnedFd) -> std::io::Result<Option<u32>> {
+    use std::os::fd::AsRawFd as _;
+    let mut info = [0u8; ATTR];
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(ATTR as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    Ok((word(0) == BPF_LINK_TYPE_XDP).then(|| word(16)))
+}
+
+/// The interface an XDP bpf_link pinned at `pin` is attached to; 0 when the link has been
+/// detached.
+pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
     use std::os::unix::ffi::OsStrExt as _;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    // Larger than any bpf_attr layout we use; the kernel requires the unused tail to be zero.
-    const ATTR: usize = 128;
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let mut attr = [0u8; ATTR];
     attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a valid bpf_attr for BPF_OBJ_GET (pathname, then zeroes); the kernel
-    // reads at most ATTR bytes from it.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), ATTR) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let mut info = [0u8; ATTR];
+    let fd = owned_fd(bpf(BPF_OBJ_GET, &mut attr)?);
+    Ok(xdp_link_ifindex(&fd)?.unwrap_or(0))
+}
+
+/// The next bpf_link id after `id` (ENOENT after the last).
+pub fn next_link_id(id: u32) -> std::io::Result<u32> {
     let mut attr = [0u8; ATTR];
-    attr[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(ATTR as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr describes `info`, ATTR writable bytes that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_ptr(), ATTR) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(u32::from_ne_bytes([info[16], info[17], info[18], info[19]]))
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    bpf(BPF_LINK_GET_NEXT_ID, &mut attr)?;
+    Ok(u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]]))
+}
+
+pub fn link_fd_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    bpf(BPF_LINK_GET_FD_BY_ID, &mut attr).map(owned_fd)
+}
+
+/// BPF_LINK_DETACH: the program leaves its hook; the link object lives on, detached.
+pub fn link_detach(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
 /// An address as the kernel programs keep it (network-order words as read from the packet,

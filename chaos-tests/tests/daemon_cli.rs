@@ -264,7 +264,29 @@ fn user_errors_get_clear_messages_and_change_nothing() {
         .to_string();
     let out = foreign.cli(&["attach", &fid, &other_hosts.if_a, "--mode", "skb"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("does not manage"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(xdp_firewall, skb mode) that this daemon does not manage")
+            && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    // --force takes it off the interface (BPF_LINK_DETACH on the other manager's link).
+    let forced = foreign.cli_json(&[
+        "attach",
+        &fid,
+        &other_hosts.if_a,
+        "--mode",
+        "skb",
+        "--force",
+    ]);
+    assert_eq!(forced["program_id"], fid.as_str(), "{forced}");
+    assert!(
+        foreign
+            .log_text()
+            .contains("replaced an XDP program this daemon did not manage"),
+        "{}",
+        foreign.log_text()
+    );
 
     // Usage errors exit 2.
     assert_eq!(daemon.cli(&["attach", &id]).status.code(), Some(2));
@@ -597,4 +619,72 @@ fn a_refused_driver_mode_degrades_to_skb_visibly() {
         (on_veth["mode"].as_str(), on_veth["requested_mode"].as_str()),
         (Some("drv"), Some("drv"))
     );
+}
+
+/// The XDP program `bpftool net show` reports on `interface` in `ns`.
+fn xdp_program_on(ns: &chaos_tests::NetNs, interface: &str) -> Option<u64> {
+    let out = ns.exec(&["bpftool", "-j", "net", "show", "dev", interface]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0]["xdp"][0]["id"].as_u64()
+}
+
+#[test]
+fn a_foreign_xdp_program_is_a_conflict_unless_forced() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
+    // Attached the old way (netlink), as `ip link` and libxdp do.
+    let object = daemon.dir.path().join("other.o");
+    std::fs::write(&object, actors::builtin::XDP_PASS).unwrap();
+    let out = hosts.a.exec(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &hosts.if_a,
+        "xdpgeneric",
+        "obj",
+        object.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let theirs = xdp_program_on(&hosts.a, &hosts.if_a).expect("ip attached xdp_pass");
+
+    let loaded = daemon.cli_json(&["load", "xdp_firewall"]);
+    let id = loaded["id"].as_str().unwrap();
+    let ours = loaded["kernel_id"].as_u64().unwrap();
+    let out = daemon.cli(&["attach", id, &hosts.if_a, "--mode", "skb"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!(
+            "runs XDP program id {theirs} (xdp_pass, skb mode) that this daemon does not manage"
+        )) && message.contains("attach with --force"),
+        "{message}"
+    );
+    assert_eq!(
+        xdp_program_on(&hosts.a, &hosts.if_a),
+        Some(theirs),
+        "left alone"
+    );
+
+    let forced = daemon.cli_json(&["attach", id, &hosts.if_a, "--mode", "skb", "--force"]);
+    assert_eq!(forced["mode"], "skb", "{forced}");
+    assert_eq!(
+        xdp_program_on(&hosts.a, &hosts.if_a),
+        Some(ours),
+        "replaced"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(
+            |l| l.contains("replaced an XDP program this daemon did not manage")
+                && l.contains(&theirs.to_string())
+                && l.contains("xdp_pass")
+        ),
+        "{log}"
+    );
+    // Ours from then on: the firewall works and health is clean.
+    assert_eq!(hosts.ping(hosts.ips_b[0], 2), 2);
+    assert_eq!(daemon.cli_json(&["health"])["status"], "healthy");
 }

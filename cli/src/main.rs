@@ -77,6 +77,10 @@ enum Command {
         /// Overrides the program's default attach mode.
         #[arg(long, value_enum)]
         mode: Option<AttachModeArg>,
+        /// Replace an XDP program on the interface that this daemon does not manage (another
+        /// tool's); without it, such a program is reported as a conflict and left alone.
+        #[arg(long)]
+        force: bool,
     },
     /// Detach a program from an interface.
     Detach {
@@ -231,7 +235,9 @@ fn main() -> ExitCode {
             ref program_id,
             ref interface,
             mode,
+            force,
         } => Request::Attach {
+            force,
             program_id: program_id.clone(),
             interface: interface.clone(),
             mode: mode.map(|m| match m {

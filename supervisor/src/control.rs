@@ -129,12 +129,14 @@ impl Control {
                 program_id,
                 interface,
                 mode,
+                force,
             } => Response::Attached(
                 ask(&interfaces, "InterfaceSupervisor", |reply| {
                     InterfacesMsg::Attach {
                         program_id,
                         interface,
                         mode,
+                        force,
                         reply,
                     }
                 })

@@ -327,6 +327,7 @@ impl RootState {
                     program_id: info.id.clone(),
                     interface: interface.clone(),
                     mode: Some(mode),
+                    force: false,
                     reply,
                 }
             })

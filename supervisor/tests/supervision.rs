@@ -124,6 +124,7 @@ async fn load_and_attach(
             program_id: info.id.clone(),
             interface: interface.to_string(),
             mode: None,
+            force: false,
             reply,
         }
     })
