@@ -543,6 +543,20 @@ pub struct Status {
     pub processed_packets: u64,
     pub passed_packets: u64,
     pub blocked_packets: u64,
+    /// What the daemon found in the kernel when it started (or its actors restarted) and
+    /// what it did about it.
+    pub reconciliation: Vec<ReconcileStep>,
+}
+
+/// One thing reconciliation did.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileStep {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `adopted` (taken over as it was), `recreated` (gone; made anew), `removed` (ours, no
+    /// longer wanted), `foreign` (not ours: left alone), `failed`.
+    pub kind: String,
+    pub detail: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

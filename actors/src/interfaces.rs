@@ -58,6 +58,10 @@ pub enum InterfacesMsg {
     },
     /// Periodic: retries attachments waiting for their interface.
     RetryLost,
+    /// What reconciling links at start found and did.
+    Reconciliation {
+        reply: RpcReplyPort<Vec<crate::api::ReconcileStep>>,
+    },
     /// The kernel announced a link change (netlink): check every attachment now.
     LinksChanged,
     /// An AttachActor found its interface down (`Some(why)`) or up again (`None`).
@@ -111,6 +115,8 @@ pub struct InterfacesState {
     lost: BTreeMap<(String, String), String>,
     /// Interfaces with attachments that are down or without carrier, with why.
     down: BTreeMap<String, String>,
+    /// What the start's reconciliation of links found (stale link pins, foreign programs).
+    reconciliation: Vec<crate::api::ReconcileStep>,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -156,6 +162,7 @@ impl Actor for InterfaceSupervisor {
             on_restart: args.on_restart,
             lost: BTreeMap::new(),
             down: BTreeMap::new(),
+            reconciliation: Vec::new(),
             ticker: None,
         })
     }
@@ -171,15 +178,12 @@ impl Actor for InterfaceSupervisor {
             InterfacesMsg::RetryLost
         }));
         let path = state.state_dir.join(ATTACHMENTS_FILE);
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(());
-        };
-        let saved: Vec<Attachment> = match serde_json::from_slice(&bytes) {
-            Ok(s) => s,
-            Err(e) => {
+        let saved: Vec<Attachment> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 warn!(file = %path.display(), error = %e, "saved attachments unreadable; starting with none");
-                return Ok(());
-            }
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
         };
         for a in saved {
             match state
@@ -195,10 +199,18 @@ impl Actor for InterfaceSupervisor {
                         a.interface.clone(),
                         format!("restoring {} after a restart failed: {e}", a.program_id),
                     );
+                    state.reconciliation.push(crate::sys::reconciled(
+                        "failed",
+                        format!(
+                            "{} on {}: could not be attached again ({e})",
+                            a.program_id, a.interface
+                        ),
+                    ));
                 }
             }
         }
         state.save();
+        state.reconcile_links().await;
         Ok(())
     }
 
@@ -341,6 +353,9 @@ impl Actor for InterfaceSupervisor {
                         .insert(program_id, attachment);
                     state.save();
                 }
+            }
+            InterfacesMsg::Reconciliation { reply } => {
+                let _ = reply.send(state.reconciliation.clone());
             }
             InterfacesMsg::LinksChanged => {
                 for child in state.children.values() {
@@ -561,6 +576,60 @@ impl InterfacesState {
         })?;
         self.children.insert(interface.to_string(), child.clone());
         Ok(child)
+    }
+
+    /// After restoring: removes link pins of ours that no saved attachment wants (they would
+    /// keep a program attached), and notes XDP programs on any interface that are not ours.
+    async fn reconcile_links(&mut self) {
+        self.reconciliation.clear();
+        let pins = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::LinkPins {
+            reply,
+        })
+        .await
+        .unwrap_or_default();
+        for (program_id, interface) in pins {
+            let wanted = self
+                .attachments
+                .get(&interface)
+                .is_some_and(|m| m.contains_key(&program_id));
+            if !wanted {
+                let _ = self.loader.cast(LoaderMsg::ForgetLink {
+                    program_id: program_id.clone(),
+                    interface: interface.clone(),
+                });
+                warn!(%program_id, %interface, "removed a pinned link no saved attachment wants");
+                self.reconciliation.push(crate::sys::reconciled(
+                    "removed",
+                    format!("{program_id} on {interface}: pinned link with no saved attachment; removed, which detached it"),
+                ));
+            }
+        }
+        let ours: Vec<u32> = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::List {
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.kernel_id)
+        .collect();
+        for interface in crate::sys::interface_names() {
+            let Ok(ifindex) = nix::net::if_::if_nametoindex(interface.as_str()) else {
+                continue;
+            };
+            if let Ok(Some(on)) = crate::xdpnl::xdp_of(ifindex)
+                && !ours.contains(&on.prog_id)
+            {
+                let name =
+                    crate::xdpnl::program_name(on.prog_id).unwrap_or_else(|| "unnamed".into());
+                self.reconciliation.push(crate::sys::reconciled(
+                    "foreign",
+                    format!(
+                        "{interface} runs XDP program id {} ({name}, {} mode) that this daemon does not manage: left alone",
+                        on.prog_id, on.mode
+                    ),
+                ));
+            }
+        }
     }
 
     async fn attach(

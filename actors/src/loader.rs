@@ -57,6 +57,15 @@ pub enum LoaderMsg {
         query: PacketQuery,
         reply: RpcReplyPort<Result<Explanation, ApiError>>,
     },
+    /// What reconciliation did so far (restored programs, adopted or stale links, pins
+    /// removed).
+    Reconciliation {
+        reply: RpcReplyPort<Vec<crate::api::ReconcileStep>>,
+    },
+    /// Every pinned link: (program id, interface).
+    LinkPins {
+        reply: RpcReplyPort<Vec<(String, String)>>,
+    },
     /// Where the flow tables of the loaded firewalls are pinned, for the FlowActor.
     FlowSources { reply: RpcReplyPort<FlowSources> },
     /// Every entry of one map of a loaded program (custom metrics).
@@ -173,6 +182,8 @@ pub struct LoaderState {
     load_failures: (u64, Option<String>),
     /// Set by `Shutdown`: no more loads (a late one would leave pins behind).
     stopping: bool,
+    /// What restoring programs and adopting links found and did (for `status`).
+    reconciliation: Vec<crate::api::ReconcileStep>,
     state_dir: PathBuf,
     pin_root: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
@@ -286,6 +297,7 @@ impl Actor for LoaderActor {
             staged: BTreeMap::new(),
             load_failures: (0, None),
             stopping: false,
+            reconciliation: Vec::new(),
             state_dir: args.state_dir,
             pin_root: args.pin_root,
             programs: BTreeMap::new(),
@@ -371,6 +383,19 @@ impl Actor for LoaderActor {
             }
             LoaderMsg::Explain { query, reply } => {
                 let _ = reply.send(state.explain(&query));
+            }
+            LoaderMsg::Reconciliation { reply } => {
+                let _ = reply.send(state.reconciliation.clone());
+            }
+            LoaderMsg::LinkPins { reply } => {
+                let mut pins = Vec::new();
+                for id in state.programs.keys() {
+                    let dir = state.pin_root.join(id).join("links");
+                    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        pins.push((id.clone(), e.file_name().to_string_lossy().into_owned()));
+                    }
+                }
+                let _ = reply.send(pins);
             }
             LoaderMsg::ReadMap {
                 program_id,
@@ -576,17 +601,64 @@ impl LoaderState {
         };
         self.next_number = saved.next_number;
         for p in saved.programs {
+            let dir = self.pin_root.join(&p.id);
+            let pinned_maps = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name() != "links")
+                .count();
             match self.load(&p.name, Some(p.default_mode), Some(&p.id)) {
                 Ok(info) => {
-                    info!(program_id = %info.id, kernel_id = info.kernel_id, "restored onto its pinned maps")
+                    info!(program_id = %info.id, kernel_id = info.kernel_id, "restored onto its pinned maps");
+                    self.reconciliation.push(if pinned_maps > 0 {
+                        sys::reconciled(
+                            "adopted",
+                            format!(
+                                "{}: loaded again (kernel id {}) onto its {pinned_maps} pinned maps; counters, flows and rules carry on",
+                                info.id, info.kernel_id
+                            ),
+                        )
+                    } else {
+                        sys::reconciled(
+                            "recreated",
+                            format!(
+                                "{}: its pinned maps were gone; loaded again (kernel id {}) with new, empty ones",
+                                info.id, info.kernel_id
+                            ),
+                        )
+                    });
                 }
                 Err(e) => {
                     warn!(program_id = %p.id, error = %e, "cannot restore; its pins are removed");
-                    sys::remove_pins(&self.pin_root.join(&p.id));
+                    sys::remove_pins(&dir);
+                    self.reconciliation.push(sys::reconciled(
+                        "failed",
+                        format!(
+                            "{}: could not be loaded again ({e}); its pins were removed",
+                            p.id
+                        ),
+                    ));
                 }
             }
         }
         self.save_programs();
+        // Pins of ours that no saved program owns (an earlier daemon's leftovers).
+        for e in std::fs::read_dir(&self.pin_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() && !self.programs.contains_key(&id) {
+                sys::remove_pins(&e.path());
+                warn!(program_id = %id, "removed pins no saved program owns");
+                self.reconciliation.push(sys::reconciled(
+                    "removed",
+                    format!("{id}: pinned under {} but in no saved program list; its pins (and any link they held) were removed", self.pin_root.display()),
+                ));
+            }
+        }
     }
 
     fn read_map(
@@ -1129,6 +1201,10 @@ impl LoaderState {
                         program_id,
                         interface, "adopted the pinned link: the program was never detached"
                     );
+                    self.reconciliation.push(sys::reconciled(
+                        "adopted",
+                        format!("{program_id} on {interface}: its pinned link, still attached; the program never left the interface"),
+                    ));
                     return Ok(NewLink {
                         link,
                         mode,
@@ -1137,6 +1213,10 @@ impl LoaderState {
                 }
                 Err(e) => {
                     warn!(program_id, interface, error = %e, "the pinned link is stale; attaching anew");
+                    self.reconciliation.push(sys::reconciled(
+                        "recreated",
+                        format!("{program_id} on {interface}: its pinned link was stale ({e}); attached anew"),
+                    ));
                     let _ = std::fs::remove_file(&pin);
                 }
             }

@@ -484,6 +484,15 @@ pub fn delete_batch(
     Ok(deleted)
 }
 
+/// A reconciliation step, now.
+pub fn reconciled(kind: &str, detail: String) -> crate::api::ReconcileStep {
+    crate::api::ReconcileStep {
+        at: now_rfc3339(),
+        kind: kind.to_string(),
+        detail,
+    }
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

@@ -69,9 +69,78 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         "the link outlived the daemon"
     );
 
+    // Meanwhile: pins of ours that no saved program owns, and another tool's XDP program on
+    // another interface.
+    let orphan = daemon.pin_root.join("xdp_firewall-9");
+    std::fs::create_dir_all(&orphan).unwrap();
+    chaos_tests::run(std::process::Command::new("bpftool").args([
+        "map",
+        "create",
+        orphan.join("FW_STATS").to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "1",
+        "name",
+        "orphan",
+    ]));
+    let object = daemon.dir.path().join("other.o");
+    std::fs::write(&object, actors::builtin::XDP_PASS).unwrap();
+    hosts.a.exec(&["ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1"]);
+    let out = hosts.a.exec(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        "fx0",
+        "xdpgeneric",
+        "obj",
+        object.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The next daemon adopts what it finds: same id, same link, counters carry on.
     daemon.start_again(&hosts.a);
     let after = daemon.wait_attached();
+    // And says what it did.
+    let status = daemon.cli_json(&["status"]);
+    let steps: Vec<(String, String)> = status["reconciliation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |kind: &str, text: &str| steps.iter().any(|(k, d)| k == kind && d.contains(text));
+    assert!(
+        has("adopted", "xdp_firewall-1: loaded again")
+            && has("adopted", "pinned maps; counters, flows and rules carry on")
+            && has(
+                "adopted",
+                &format!("xdp_firewall-1 on {}: its pinned link", hosts.if_a)
+            )
+            && has("removed", "xdp_firewall-9: pinned under")
+            && has("foreign", "fx0 runs XDP program id")
+            && has("foreign", "(xdp_pass, skb mode)"),
+        "{steps:#?}"
+    );
+    assert!(!orphan.exists(), "the orphan pins are gone");
+    let human = String::from_utf8(daemon.cli(&["status"]).stdout).unwrap();
+    assert!(human.contains("reconciliation"), "{human}");
     assert_eq!(after[0]["id"], before[0]["id"], "the same program id");
     assert_eq!(after[0]["attachments"], before[0]["attachments"]);
     let new_kernel_id = after[0]["kernel_id"].as_u64().unwrap();

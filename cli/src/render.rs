@@ -49,6 +49,12 @@ pub fn status(s: &Status) -> String {
         out.push('\n');
         out.push_str(&attachment_table(&s.attachments));
     }
+    if !s.reconciliation.is_empty() {
+        out.push_str("\nreconciliation (what the start found in the kernel and did):\n");
+        for r in &s.reconciliation {
+            out.push_str(&format!("  {} {:<9} {}\n", r.at, r.kind, r.detail));
+        }
+    }
     out
 }
 

@@ -277,7 +277,18 @@ impl Control {
                 total.dropped_packets += c.dropped_packets;
             }
         }
+        let mut reconciliation = ask(loader, "LoaderActor", |reply| LoaderMsg::Reconciliation {
+            reply,
+        })
+        .await?;
+        reconciliation.extend(
+            ask(interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::Reconciliation { reply }
+            })
+            .await?,
+        );
         Ok(Status {
+            reconciliation,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
             programs_loaded: programs.len(),
