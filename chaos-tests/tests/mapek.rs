@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use chaos_tests::{Daemon, TwoHosts};
 use serde_json::Value;
 
-const FLOWS: u16 = 900;
+/// 83% of the 1024-entry table: over the 80% limit, and under what the kernel's LRU keeps
+/// before it evicts on its own (it parks up to 128 free entries per CPU).
+const FLOWS: u16 = 850;
 
 fn history(daemon: &Daemon) -> Vec<Value> {
     daemon
@@ -59,7 +61,7 @@ fn the_loop_ages_out_idle_flows_and_escalates_when_that_cannot_help() {
     daemon.wait_attached();
     let key = "flow_table_pressure:xdp_firewall-1";
 
-    // Idle flows: 900 of 1024 entries, sent once.
+    // Idle flows: 850 of 1024 entries, sent once.
     hosts.b.within(|| {
         for i in 0..FLOWS {
             let s = UdpSocket::bind(SocketAddrV4::new(sender, 30_000 + i)).unwrap();
@@ -78,11 +80,11 @@ fn the_loop_ages_out_idle_flows_and_escalates_when_that_cannot_help() {
         .unwrap()
         .to_string();
     assert!(aged.starts_with("removed "), "{aged}");
-    assert!(metric(&daemon, "ebpf_flows_aged_out_total") >= 800.0);
+    assert!(metric(&daemon, "ebpf_flows_aged_out_total") >= 750.0);
     assert!(metric(&daemon, "ebpf_flows_active") < 100.0);
     let resolved_at = h.len();
 
-    // Active flows: the same 900, every 100 ms, so none is ever idle for a second.
+    // Active flows: the same 850, every 100 ms, so none is ever idle for a second.
     let stop = AtomicBool::new(false);
     let h = std::thread::scope(|s| {
         s.spawn(|| {
