@@ -58,6 +58,14 @@ pub enum InterfacesMsg {
     },
     /// Periodic: retries attachments waiting for their interface.
     RetryLost,
+    /// Tries the requested mode again for an attachment that degraded (FallbackActor): the
+    /// degraded link comes off, the requested mode is attached, and if the driver still
+    /// refuses, the degraded mode goes back on. `Ok(Err(why))`: still refused.
+    ProbeUpgrade {
+        program_id: String,
+        interface: String,
+        reply: RpcReplyPort<Result<Result<AttachMode, String>, ApiError>>,
+    },
     /// What reconciling links at start found and did.
     Reconciliation {
         reply: RpcReplyPort<Vec<crate::api::ReconcileStep>>,
@@ -354,6 +362,13 @@ impl Actor for InterfaceSupervisor {
                     state.save();
                 }
             }
+            InterfacesMsg::ProbeUpgrade {
+                program_id,
+                interface,
+                reply,
+            } => {
+                let _ = reply.send(state.probe_upgrade(&myself, &program_id, &interface).await);
+            }
             InterfacesMsg::Reconciliation { reply } => {
                 let _ = reply.send(state.reconciliation.clone());
             }
@@ -576,6 +591,71 @@ impl InterfacesState {
         })?;
         self.children.insert(interface.to_string(), child.clone());
         Ok(child)
+    }
+
+    async fn probe_upgrade(
+        &mut self,
+        myself: &ActorRef<InterfacesMsg>,
+        program_id: &str,
+        interface: &str,
+    ) -> Result<Result<AttachMode, String>, ApiError> {
+        let Some(a) = self
+            .attachments
+            .get(interface)
+            .and_then(|m| m.get(program_id))
+            .cloned()
+        else {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{program_id} is not attached to {interface}"),
+            ));
+        };
+        if a.mode == a.requested_mode {
+            return Ok(Ok(a.mode));
+        }
+        let child = self.child(myself, interface).await?;
+        let what = format!("AttachActor[{interface}]");
+        ask(&child, &what, |reply| AttachMsg::Release {
+            program_id: program_id.to_string(),
+            reply,
+        })
+        .await?;
+        let create = |mode: AttachMode| {
+            ask(&self.loader, "LoaderActor", move |reply| {
+                LoaderMsg::CreateLink {
+                    program_id: program_id.to_string(),
+                    interface: interface.to_string(),
+                    mode: Some(mode),
+                    reply,
+                }
+            })
+        };
+        let (link, outcome) = match create(a.requested_mode).await? {
+            Ok(link) => {
+                info!(%program_id, %interface, mode = %a.requested_mode, "the driver takes native XDP again: upgraded back from skb mode");
+                (link, Ok(a.requested_mode))
+            }
+            Err(refused) => {
+                let link = create(a.mode).await??;
+                (link, Err(refused.message))
+            }
+        };
+        let mode = link.mode;
+        ask(&child, &what, |reply| AttachMsg::Adopt {
+            program_id: program_id.to_string(),
+            link: link.link,
+            reply,
+        })
+        .await?;
+        if let Some(m) = self
+            .attachments
+            .get_mut(interface)
+            .and_then(|m| m.get_mut(program_id))
+        {
+            m.mode = mode;
+        }
+        self.save();
+        Ok(outcome)
     }
 
     /// After restoring: removes link pins of ours that no saved attachment wants (they would

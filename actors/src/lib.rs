@@ -8,6 +8,8 @@ pub mod api;
 #[cfg(feature = "runtime")]
 pub mod attach;
 #[cfg(feature = "runtime")]
+pub mod fallback;
+#[cfg(feature = "runtime")]
 pub mod firewall;
 #[cfg(feature = "runtime")]
 pub mod flows;

@@ -1293,6 +1293,15 @@ fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramE
                  attach with --mode skb, which works on every interface"
             ),
         ),
+        // The driver has native XDP but refuses it in its present state (an MTU too large
+        // for XDP frames, say: veth's "Peer MTU is too large"); skb mode is not bound by it.
+        (Some(libc::EINVAL | libc::ERANGE), AttachMode::Drv) => ApiError::new(
+            ErrorKind::Unsupported,
+            format!(
+                "interface {interface} refused native XDP in its present state ({detail}; an MTU too large for XDP frames does this); \
+                 attach with --mode skb, or fix the cause and attach again"
+            ),
+        ),
         (Some(libc::EOPNOTSUPP | libc::EINVAL), AttachMode::Hw) => ApiError::new(
             ErrorKind::Unsupported,
             format!(

@@ -90,7 +90,9 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
     ]));
     let object = daemon.dir.path().join("other.o");
     std::fs::write(&object, actors::builtin::XDP_PASS).unwrap();
-    hosts.a.exec(&["ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1"]);
+    hosts.a.exec(&[
+        "ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1",
+    ]);
     let out = hosts.a.exec(&[
         "ip",
         "link",

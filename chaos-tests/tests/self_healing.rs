@@ -328,3 +328,127 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     }
     assert_eq!(last.trim(), "STOPPING=1");
 }
+
+fn sample(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    daemon.cli_json(&["metrics"])["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
+fn alert_ids(daemon: &Daemon) -> Vec<String> {
+    daemon
+        .cli_json(&["alerts"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_takes_it() {
+    let hosts = TwoHosts::new();
+    let [allowed, denied] = hosts.ips_b;
+    // veth refuses native XDP while its peer's MTU is larger than an XDP frame holds (the
+    // kernel: "Peer MTU is too large to set XDP"); skb mode is not bound by it.
+    hosts
+        .b
+        .exec(&["ip", "link", "set", &hosts.if_b, "mtu", "9000"]);
+    let config = format!(
+        "interface = \"{}\"\nenable_dynamic_fallback = true\nfallback_probe_interval_seconds = 0.5\nmonitoring_interval_seconds = 0.5\n[programs.xdp_firewall]\nattach_mode = \"drv\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    let programs = daemon.wait_attached();
+    let attachment = &programs[0]["attachments"][0];
+    assert_eq!(
+        (&attachment["mode"], &attachment["requested_mode"]),
+        (&"skb".into(), &"drv".into()),
+        "{programs}"
+    );
+    assert!(daemon.log_text().contains("degrading to skb mode"));
+    wait_for("the xdp_mode_degraded alert", &daemon, || {
+        alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+    });
+    let if_a = hosts.if_a.as_str();
+    assert_eq!(
+        sample(
+            &daemon,
+            "ebpf_attach_mode",
+            &[
+                ("interface", if_a),
+                ("mode", "skb"),
+                ("requested_mode", "drv")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(hosts.ping(denied, 2), 0, "degraded, and still the firewall");
+    assert_eq!(hosts.ping(allowed, 2), 2);
+
+    // Probes while the cause lasts are refused, and spaced further apart each time.
+    wait_for("two refused probes", &daemon, || {
+        sample(
+            &daemon,
+            "ebpf_fallback_probes_total",
+            &[("interface", if_a), ("result", "refused")],
+        ) >= 2.0
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("still refused; staying in skb mode")
+    );
+
+    // The cause goes away: the next probe upgrades back to driver mode.
+    hosts
+        .b
+        .exec(&["ip", "link", "set", &hosts.if_b, "mtu", "1500"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = daemon.cli_json(&["programs"]);
+        if p[0]["attachments"][0]["mode"] == "drv" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no upgrade back to drv within 20 s:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sample(
+            &daemon,
+            "ebpf_fallback_probes_total",
+            &[("interface", if_a), ("result", "upgraded")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &daemon,
+            "ebpf_attach_mode",
+            &[
+                ("interface", if_a),
+                ("mode", "drv"),
+                ("requested_mode", "drv")
+            ]
+        ),
+        1.0
+    );
+    wait_for("the alert to clear", &daemon, || {
+        !alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+    });
+    assert_eq!(hosts.ping(denied, 2), 0, "upgraded, and still the firewall");
+    assert_eq!(hosts.ping(allowed, 2), 2);
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(
+        health["checks"]["attachments"]["status"], "healthy",
+        "{health}"
+    );
+}

@@ -20,12 +20,13 @@ use actors::interfaces::InterfacesMsg;
 pub const ALERTS: &str = "x0tta6bl4.alerts";
 
 /// Every alert this actor raises.
-pub const ALERT_IDS: [&str; 5] = [
+pub const ALERT_IDS: [&str; 6] = [
     "high_latency",
     "program_load_failure",
     "attach_failure",
     "map_memory",
     "drop_rate",
+    "xdp_mode_degraded",
 ];
 
 /// Thresholds of the original design.
@@ -170,13 +171,25 @@ impl AlertsState {
                 .unwrap_or_default(),
             None => (0, None),
         };
-        let attaches = match ActorRef::<InterfacesMsg>::where_is(INTERFACES) {
+        let verified = match ActorRef::<InterfacesMsg>::where_is(INTERFACES) {
             Some(i) => ask(&i, "InterfaceSupervisor", |reply| InterfacesMsg::Verify {
                 reply,
             })
             .await
-            .map(|r| r.attach_failures)
-            .unwrap_or_default(),
+            .ok(),
+            None => None,
+        };
+        // Running in another mode than requested (drv degraded to skb): active while it lasts.
+        if let Some(r) = &verified
+            && !r.degraded.is_empty()
+        {
+            now.insert(
+                "xdp_mode_degraded".to_string(),
+                (Severity::Warning, r.degraded.join("; ")),
+            );
+        }
+        let attaches = match verified {
+            Some(r) => r.attach_failures,
             None => (0, None),
         };
         if loads.0 > self.last_failures.0 {

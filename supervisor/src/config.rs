@@ -50,6 +50,9 @@ pub struct Config {
     pub enable_tcp_probe: bool,
     pub enable_metrics_export: bool,
     pub enable_dynamic_fallback: bool,
+    /// How often a degraded (drv→skb) attachment is probed for driver mode again, at the
+    /// least; refused probes double the wait (up to 32×).
+    pub fallback_probe_interval_seconds: f64,
     pub enable_mapek_integration: bool,
     pub prometheus_port: u16,
     /// Address the metrics endpoint listens on (with `prometheus_port`).
@@ -86,6 +89,7 @@ impl Default for Config {
             enable_tcp_probe: true,
             enable_metrics_export: true,
             enable_dynamic_fallback: true,
+            fallback_probe_interval_seconds: 60.0,
             enable_mapek_integration: true,
             prometheus_port: 9090,
             metrics_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -211,6 +215,10 @@ impl Config {
             (
                 "flow_poll_interval_seconds",
                 self.flow_poll_interval_seconds,
+            ),
+            (
+                "fallback_probe_interval_seconds",
+                self.fallback_probe_interval_seconds,
             ),
             ("flow_idle_timeout_seconds", self.flow_idle_timeout_seconds),
         ] {

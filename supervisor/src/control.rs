@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::alerts::{ALERTS, AlertsMsg};
 use crate::mapek::{MAPEK, MapekMsg};
-use crate::root::{FLOWS, INTERFACES, LOADER, RootMsg};
+use crate::root::{FALLBACK, FLOWS, INTERFACES, LOADER, RootMsg};
 
 /// A client that starts a frame must finish it within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -361,7 +361,7 @@ impl Control {
         let mut root = node(
             "RootSupervisor",
             0,
-            "supervisor: LoaderActor → InterfaceSupervisor rest_for_one; FlowActor alone",
+            "supervisor: LoaderActor → InterfaceSupervisor rest_for_one; FlowActor, FallbackActor alone",
             Some(true),
         );
         if let Some(why) = &report.gave_up {
@@ -395,6 +395,12 @@ impl Control {
             1,
             "worker: flow tables",
             Some(registered(FLOWS)),
+        ));
+        nodes.push(node(
+            "FallbackActor",
+            1,
+            "worker: probes degraded attachments for their requested mode",
+            registered(FALLBACK).then_some(true),
         ));
         nodes.push(node(
             "AlertsActor",

@@ -224,6 +224,9 @@ async fn run(
         fallback: config.enable_dynamic_fallback,
         tcp_probe: config.enable_flow_observability && config.enable_tcp_probe,
         flow_poll_interval: std::time::Duration::from_secs_f64(config.flow_poll_interval_seconds),
+        fallback_probe_interval: std::time::Duration::from_secs_f64(
+            config.fallback_probe_interval_seconds,
+        ),
         flow_idle_timeout: std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),

@@ -17,11 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::control::Control;
-use crate::root::LOADER;
+use crate::root::{FALLBACK, LOADER};
+use actors::fallback::FallbackMsg;
 
 /// Every metric family `/metrics` can serve (the Grafana dashboard in `contrib/` may use
 /// only these; a test checks it, and debug builds assert that nothing else is served).
-pub const METRIC_NAMES: [&str; 16] = [
+pub const METRIC_NAMES: [&str; 17] = [
     "ebpf_tcp_connect_latency_microseconds",
     "ebpf_tcp_connects_total",
     "ebpf_tcp_connect_failures_total",
@@ -36,6 +37,7 @@ pub const METRIC_NAMES: [&str; 16] = [
     "ebpf_errors_total",
     "ebpf_latency_microseconds",
     "ebpf_attach_mode",
+    "ebpf_fallback_probes_total",
     "ebpf_supervisor_restarts_total",
     "ebpf_alerts_active",
 ];
@@ -425,6 +427,27 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
             .map(|(actor, n)| counter(&[("actor", actor.as_str())], *n))
             .collect(),
     ));
+    if let Some(fallback) = ActorRef::<FallbackMsg>::where_is(FALLBACK)
+        && let Ok(probes) = ask(&fallback, "FallbackActor", |reply| FallbackMsg::Probes {
+            reply,
+        })
+        .await
+    {
+        families.push(family(
+            "ebpf_fallback_probes_total",
+            "Probes of the requested XDP mode for attachments degraded to skb, by result (upgraded, refused)",
+            MetricType::COUNTER,
+            probes
+                .iter()
+                .map(|((interface, result), n)| {
+                    counter(
+                        &[("interface", interface.as_str()), ("result", result.as_str())],
+                        *n,
+                    )
+                })
+                .collect(),
+        ));
+    }
     if let Response::Tcp(tcp) = control.dispatch(Request::Tcp).await
         && tcp.enabled
     {

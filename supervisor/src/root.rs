@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use actors::api::{ApiError, AttachMode, ErrorKind};
+use actors::fallback::{FallbackActor, FallbackArgs, FallbackMsg};
 use actors::flows::{FlowActor, FlowArgs, FlowMsg};
 use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
 use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
@@ -20,6 +21,7 @@ use tracing::{error, info, warn};
 pub const LOADER: &str = "x0tta6bl4.loader";
 pub const INTERFACES: &str = "x0tta6bl4.interfaces";
 pub const FLOWS: &str = "x0tta6bl4.flows";
+pub const FALLBACK: &str = "x0tta6bl4.fallback";
 
 /// What the daemon does at start (and again after its children restart).
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct StartupPlan {
     pub fallback: bool,
     /// Load the TCP probe (`tcp_state`) at start (with `enable_flow_observability`).
     pub tcp_probe: bool,
+    /// The FallbackActor's probe interval (with `fallback`).
+    pub fallback_probe_interval: std::time::Duration,
     /// The FlowActor's read interval and idle timeout.
     pub flow_poll_interval: std::time::Duration,
     pub flow_idle_timeout: std::time::Duration,
@@ -80,6 +84,7 @@ pub struct RootState {
     loader: Option<ActorRef<LoaderMsg>>,
     interfaces: Option<ActorRef<InterfacesMsg>>,
     flows: Option<ActorRef<FlowMsg>>,
+    fallback: Option<ActorRef<FallbackMsg>>,
     report: RootReport,
     intensity: RestartIntensity,
 }
@@ -101,11 +106,13 @@ impl Actor for RootSupervisor {
             loader: None,
             interfaces: None,
             flows: None,
+            fallback: None,
             report: RootReport::default(),
             intensity: RestartIntensity::default(),
         };
         state.start_children(&myself).await?;
         state.start_flows(&myself).await?;
+        state.start_fallback(&myself).await?;
         Ok(state)
     }
 
@@ -166,15 +173,21 @@ impl Actor for RootSupervisor {
             .flows
             .as_ref()
             .is_some_and(|f| f.get_id() == cell.get_id());
-        if !is_loader && !is_interfaces && !is_flows {
+        let is_fallback = state
+            .fallback
+            .as_ref()
+            .is_some_and(|f| f.get_id() == cell.get_id());
+        if !is_loader && !is_interfaces && !is_flows && !is_fallback {
             return Ok(());
         }
         let who = if is_loader {
             "LoaderActor"
         } else if is_interfaces {
             "InterfaceSupervisor"
-        } else {
+        } else if is_flows {
             "FlowActor"
+        } else {
+            "FallbackActor"
         };
         error!(actor = who, %why, "child of the root supervisor died");
         if !state.intensity.allow(Instant::now()) {
@@ -192,6 +205,12 @@ impl Actor for RootSupervisor {
             state.flows = None;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             state.start_flows(&myself).await?;
+            return Ok(());
+        }
+        if is_fallback {
+            state.fallback = None;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            state.start_fallback(&myself).await?;
             return Ok(());
         }
         // rest_for_one: the loader comes first, so its death takes the interfaces down too.
@@ -232,6 +251,27 @@ impl RootState {
         .await?;
         self.loader = Some(loader);
         self.start_interfaces(myself).await
+    }
+
+    async fn start_fallback(
+        &mut self,
+        myself: &ActorRef<RootMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.plan.fallback {
+            return Ok(());
+        }
+        let (fallback, _) = Actor::spawn_linked(
+            Some(FALLBACK.into()),
+            FallbackActor,
+            FallbackArgs {
+                interfaces: INTERFACES.into(),
+                interval: self.plan.fallback_probe_interval,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.fallback = Some(fallback);
+        Ok(())
     }
 
     async fn start_flows(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {

@@ -1,0 +1,189 @@
+//! FallbackActor: the mode policy after a drv→skb degrade (the degrade itself happens at
+//! attach, in the InterfaceSupervisor, with `enable_dynamic_fallback`). Every `interval` it
+//! looks for attachments running in another mode than requested and, when each one's turn
+//! comes, probes the requested mode again; when the driver takes it, the attachment is
+//! upgraded back.
+//!
+//! Hysteresis: a refused probe doubles the wait before the next (up to `MAX_BACKOFF` times
+//! the interval); an attachment that degrades again soon after an upgrade (within
+//! `FLAP_WINDOW` intervals) keeps the wait it had reached instead of starting over, so a
+//! flapping driver is not swapped back and forth. A probe swaps links (the kernel does not
+//! let native and generic XDP run together), so the interface has no program for the
+//! moment between the two: probes are rare by design.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
+
+use crate::api::AttachMode;
+use crate::interfaces::InterfacesMsg;
+use crate::rpc::ask;
+
+/// The longest wait between probes, in intervals.
+pub const MAX_BACKOFF: u32 = 32;
+/// A degrade this soon (in intervals) after an upgrade counts as flapping.
+pub const FLAP_WINDOW: u32 = 20;
+
+pub struct FallbackArgs {
+    /// Registry name of the InterfaceSupervisor, looked up at every tick.
+    pub interfaces: String,
+    pub interval: Duration,
+}
+
+pub enum FallbackMsg {
+    Tick,
+    /// Probes so far: (interface, "upgraded" | "refused") → count.
+    Probes {
+        reply: RpcReplyPort<BTreeMap<(String, String), u64>>,
+    },
+}
+
+/// What the actor knows of one degraded attachment (program id, interface).
+struct Degraded {
+    /// Probes refused in a row; the wait before the next is `interval × 2^refused`.
+    refused: u32,
+    next_probe: Instant,
+}
+
+pub struct FallbackState {
+    args: FallbackArgs,
+    degraded: BTreeMap<(String, String), Degraded>,
+    /// When each attachment was last upgraded, and the backoff it had reached.
+    upgraded: BTreeMap<(String, String), (Instant, u32)>,
+    probes: BTreeMap<(String, String), u64>,
+}
+
+pub struct FallbackActor;
+
+/// The wait before the next probe after `refused` refusals in a row.
+pub fn backoff(interval: Duration, refused: u32) -> Duration {
+    interval * 2u32.saturating_pow(refused).min(MAX_BACKOFF)
+}
+
+impl Actor for FallbackActor {
+    type Msg = FallbackMsg;
+    type State = FallbackState;
+    type Arguments = FallbackArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<FallbackMsg>,
+        args: FallbackArgs,
+    ) -> Result<FallbackState, ActorProcessingErr> {
+        myself.send_interval(args.interval, || FallbackMsg::Tick);
+        Ok(FallbackState {
+            args,
+            degraded: BTreeMap::new(),
+            upgraded: BTreeMap::new(),
+            probes: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<FallbackMsg>,
+        msg: FallbackMsg,
+        state: &mut FallbackState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FallbackMsg::Tick => state.tick().await,
+            FallbackMsg::Probes { reply } => {
+                let _ = reply.send(state.probes.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FallbackState {
+    async fn tick(&mut self) {
+        let Some(cell) = ractor::registry::where_is(self.args.interfaces.clone()) else {
+            return;
+        };
+        let interfaces: ActorRef<InterfacesMsg> = cell.into();
+        let Ok(attachments) = ask(&interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::List { reply }
+        })
+        .await
+        else {
+            return;
+        };
+        let interval = self.args.interval;
+        let now = Instant::now();
+        let degraded: Vec<(String, String, AttachMode)> = attachments
+            .iter()
+            .filter(|a| a.mode != a.requested_mode)
+            .map(|a| (a.program_id.clone(), a.interface.clone(), a.requested_mode))
+            .collect();
+        self.degraded
+            .retain(|key, _| degraded.iter().any(|(p, i, _)| (p, i) == (&key.0, &key.1)));
+        for (program_id, interface, requested) in degraded {
+            let key = (program_id.clone(), interface.clone());
+            let upgraded = self.upgraded.get(&key).copied();
+            let entry = self.degraded.entry(key.clone()).or_insert_with(|| {
+                // Degraded again soon after an upgrade: keep the backoff reached.
+                let refused = match upgraded {
+                    Some((at, refused)) if now.duration_since(at) < interval * FLAP_WINDOW => {
+                        refused + 1
+                    }
+                    _ => 0,
+                };
+                Degraded {
+                    refused,
+                    next_probe: now + backoff(interval, refused),
+                }
+            });
+            if now < entry.next_probe {
+                continue;
+            }
+            let probe = ask(&interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::ProbeUpgrade {
+                    program_id: program_id.clone(),
+                    interface: interface.clone(),
+                    reply,
+                }
+            })
+            .await;
+            match probe {
+                Ok(Ok(Ok(mode))) => {
+                    info!(%program_id, %interface, %mode, probes_refused = entry.refused, "upgrade probe: the requested mode works again");
+                    self.upgraded.insert(key.clone(), (now, entry.refused));
+                    self.degraded.remove(&key);
+                    *self
+                        .probes
+                        .entry((interface, "upgraded".into()))
+                        .or_default() += 1;
+                }
+                Ok(Ok(Err(why))) => {
+                    entry.refused += 1;
+                    let wait = backoff(interval, entry.refused);
+                    entry.next_probe = Instant::now() + wait;
+                    warn!(%program_id, %interface, %requested, %why, next_probe_in = ?wait, "upgrade probe: the requested mode is still refused; staying in skb mode");
+                    *self
+                        .probes
+                        .entry((interface, "refused".into()))
+                        .or_default() += 1;
+                }
+                Ok(Err(e)) | Err(e) => {
+                    warn!(%program_id, %interface, error = %e, "upgrade probe failed");
+                    entry.next_probe = Instant::now() + backoff(interval, entry.refused);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_doubles_and_is_capped() {
+        let i = Duration::from_secs(1);
+        let waits: Vec<u64> = (0..8).map(|n| backoff(i, n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 32, 32]);
+        assert_eq!(backoff(i, 40).as_secs(), 32, "no overflow");
+    }
+}
