@@ -9,3 +9,4 @@ pub mod host;
 pub mod mapek;
 pub mod metrics;
 pub mod root;
+pub mod strategy;
