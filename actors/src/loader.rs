@@ -141,6 +141,7 @@ impl Default for FirewallSettings {
     }
 }
 
+#[derive(Clone)]
 pub struct LoaderArgs {
     pub programs_dir: PathBuf,
     pub firewall: FirewallSettings,

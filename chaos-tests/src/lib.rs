@@ -502,6 +502,22 @@ impl Daemon {
         let _ = child.wait();
     }
 
+    /// Waits for the daemon to exit by itself; `None` if it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("daemon not running");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the daemon again after `kill` or `stop`, with the same config and state.
     pub fn start_again(&mut self, ns: &NetNs) {
         assert!(self.child.is_none(), "the daemon is still running");

@@ -452,3 +452,52 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
         "{health}"
     );
 }
+
+#[test]
+fn a_tree_that_keeps_dying_escalates_the_daemon_exits_and_the_firewall_stays() {
+    let hosts = TwoHosts::new();
+    let [allowed, denied] = hosts.ips_b;
+    let config = format!(
+        "interface = \"{}\"\n[programs.xdp_firewall]\nattach_mode = \"skb\"\nrules = [{{ action = \"drop\", source_ip = \"{denied}\" }}]\n",
+        hosts.if_a
+    );
+    let mut daemon = Daemon::start_with_flags(&hosts.a, &config, &["--enable-fault-injection"]);
+    let programs = daemon.wait_attached();
+    let kernel_id = programs[0]["kernel_id"].as_u64().unwrap();
+    // The root allows 5 restarts in 30 s; the 6th death escalates.
+    for n in 1..=6 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = daemon.cli(&["debug", "crash", "flows"]);
+            if out.status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "crash {n}: {}", stderr(&out));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if n < 6 {
+            // Wait for the restart before the next crash.
+            wait_for("the FlowActor back", &daemon, || {
+                daemon.cli(&["flows"]).status.success()
+            });
+        }
+    }
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon exits once its tree gives up");
+    assert_eq!(status.code(), Some(1), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("more often than 5 restarts in 30s")
+            && log.contains("the supervision tree gave up"),
+        "{log}"
+    );
+    // Nothing was detached on the way out: the firewall goes on.
+    assert_eq!(chaos_tests::kernel_links_of(kernel_id).len(), 1);
+    assert_eq!(hosts.ping(denied, 2), 0);
+    // What a service manager does next: start it again; it adopts the firewall.
+    daemon.start_again(&hosts.a);
+    daemon.wait_attached();
+    assert_eq!(hosts.ping(allowed, 2), 2);
+    assert_eq!(hosts.ping(denied, 2), 0);
+}

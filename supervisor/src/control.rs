@@ -361,7 +361,7 @@ impl Control {
         let mut root = node(
             "RootSupervisor",
             0,
-            "supervisor: LoaderActor → InterfaceSupervisor rest_for_one; FlowActor, FallbackActor alone",
+            "supervisor: rest_for_one over LoaderActor → InterfaceSupervisor → FlowActor → FallbackActor",
             Some(true),
         );
         if let Some(why) = &report.gave_up {

@@ -237,7 +237,7 @@ async fn run(
             "programs.tc_shaper is validated but not enforced: the TC shaper is not part of this release"
         );
     }
-    let (root, root_handle) = Actor::spawn(None, RootSupervisor, plan)
+    let (root, mut root_handle) = Actor::spawn(None, RootSupervisor, plan)
         .await
         .context("starting the supervision tree")?;
     info!(
@@ -347,7 +347,31 @@ async fn run(
         })
     });
 
-    wait_for_signal().await?;
+    let gave_up = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            false
+        }
+        _ = &mut root_handle => true,
+    };
+    if gave_up {
+        // Escalation from the top of the tree: exit, and leave the programs on their pinned
+        // links for the restarted daemon to adopt.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        server.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
+        if let Some(m) = &mapek {
+            m.stop(None);
+        }
+        alerts.stop(None);
+        let _ = std::fs::remove_file(&config.socket_path);
+        anyhow::bail!(
+            "the supervision tree gave up (its actors died too often; see the errors above): exiting \
+             for the service manager to restart the daemon; the programs stay attached on their pinned links"
+        );
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(w) = watchdog {
         w.abort();

@@ -1,21 +1,26 @@
 //! RootSupervisor: the top of the supervision tree. Its children, in start order, are the
-//! LoaderActor, the InterfaceSupervisor (rest_for_one between these two: if the loader dies,
-//! the programs it held are gone, so the interfaces restart too; if the InterfaceSupervisor
-//! dies, only it restarts) and the FlowActor, which depends on neither (it finds the loader
-//! by name and reads pinned maps) and restarts alone. After a restart of the first two the
-//! startup plan (auto-load) runs again.
-
-use std::time::Instant;
+//! LoaderActor, the InterfaceSupervisor, the FlowActor and the FallbackActor, supervised
+//! rest_for_one by the strategy engine (`strategy::Children`): a child's death restarts it and
+//! every child started after it, since those depend on it (the InterfaceSupervisor holds the
+//! loader's programs in its links). After the loader or the InterfaceSupervisor restarts,
+//! the startup plan (auto-load) runs again. More than 5 deaths in 30 s and the root gives up:
+//! it fails, and the daemon exits with an error for its service manager to restart it (the
+//! programs stay attached on their pinned links meanwhile).
 
 use actors::api::{ApiError, AttachMode, ErrorKind};
-use actors::fallback::{FallbackActor, FallbackArgs, FallbackMsg};
-use actors::flows::{FlowActor, FlowArgs, FlowMsg};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::fallback::{FallbackActor, FallbackArgs};
+use actors::flows::{FlowActor, FlowArgs};
 use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
 use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
 use actors::restart::RestartIntensity;
 use actors::rpc::ask;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info, warn};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{info, warn};
+
+use crate::strategy::{ChildSpec, Children, Restart, Strategy};
 
 /// Registry names of the root's children, so the control socket finds the live ones.
 pub const LOADER: &str = "x0tta6bl4.loader";
@@ -81,12 +86,8 @@ impl RootReport {
 
 pub struct RootState {
     plan: StartupPlan,
-    loader: Option<ActorRef<LoaderMsg>>,
-    interfaces: Option<ActorRef<InterfacesMsg>>,
-    flows: Option<ActorRef<FlowMsg>>,
-    fallback: Option<ActorRef<FallbackMsg>>,
+    children: Children,
     report: RootReport,
-    intensity: RestartIntensity,
 }
 
 pub struct RootSupervisor;
@@ -101,18 +102,13 @@ impl Actor for RootSupervisor {
         myself: ActorRef<Self::Msg>,
         plan: StartupPlan,
     ) -> Result<RootState, ActorProcessingErr> {
+        let specs = child_specs(&plan, &myself);
         let mut state = RootState {
+            children: Children::new(Strategy::RestForOne, 5, Duration::from_secs(30), specs),
             plan,
-            loader: None,
-            interfaces: None,
-            flows: None,
-            fallback: None,
             report: RootReport::default(),
-            intensity: RestartIntensity::default(),
         };
-        state.start_children(&myself).await?;
-        state.start_flows(&myself).await?;
-        state.start_fallback(&myself).await?;
+        state.children.start_all(&myself.get_cell()).await?;
         Ok(state)
     }
 
@@ -154,175 +150,123 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, why) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, format!("stopped: {}", reason.unwrap_or_default()))
+        match state.children.on_event(&myself.get_cell(), event).await {
+            Ok(Some(r)) => {
+                state.report.restarts += 1;
+                state.report.record(&r.child, &r.why);
+                if r.restarted
+                    .iter()
+                    .any(|c| c == "LoaderActor" || c == "InterfaceSupervisor")
+                {
+                    myself.cast(RootMsg::RunPlan)?;
+                }
+                Ok(())
             }
-            _ => return Ok(()),
-        };
-        let is_loader = state
-            .loader
-            .as_ref()
-            .is_some_and(|l| l.get_id() == cell.get_id());
-        let is_interfaces = state
-            .interfaces
-            .as_ref()
-            .is_some_and(|i| i.get_id() == cell.get_id());
-        let is_flows = state
-            .flows
-            .as_ref()
-            .is_some_and(|f| f.get_id() == cell.get_id());
-        let is_fallback = state
-            .fallback
-            .as_ref()
-            .is_some_and(|f| f.get_id() == cell.get_id());
-        if !is_loader && !is_interfaces && !is_flows && !is_fallback {
-            return Ok(());
-        }
-        let who = if is_loader {
-            "LoaderActor"
-        } else if is_interfaces {
-            "InterfaceSupervisor"
-        } else if is_flows {
-            "FlowActor"
-        } else {
-            "FallbackActor"
-        };
-        error!(actor = who, %why, "child of the root supervisor died");
-        if !state.intensity.allow(Instant::now()) {
-            let reason = format!(
-                "{who} died more than {}; the daemon stops restarting it (last: {why})",
-                state.intensity.describe()
-            );
-            error!("{reason}");
-            state.report.gave_up = Some(reason);
-            return Ok(());
-        }
-        state.report.restarts += 1;
-        state.report.record(who, &why);
-        if is_flows {
-            state.flows = None;
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            state.start_flows(&myself).await?;
-            return Ok(());
-        }
-        if is_fallback {
-            state.fallback = None;
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            state.start_fallback(&myself).await?;
-            return Ok(());
-        }
-        // rest_for_one: the loader comes first, so its death takes the interfaces down too.
-        if is_loader {
-            if let Some(i) = state.interfaces.take() {
-                i.unlink(myself.get_cell());
-                i.stop(Some("LoaderActor restarted".into()));
+            Ok(None) => Ok(()),
+            Err(reason) => {
+                state.report.gave_up = Some(reason.clone());
+                Err(reason.into())
             }
-            state.loader = None;
-            // The registry frees a name only once the old actor has fully stopped.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            state.start_children(&myself).await?;
-        } else {
-            state.interfaces = None;
-            state.start_interfaces(&myself).await?;
         }
-        myself.cast(RootMsg::RunPlan)?;
-        Ok(())
     }
 }
 
-impl RootState {
-    async fn start_children(
-        &mut self,
-        myself: &ActorRef<RootMsg>,
-    ) -> Result<(), ActorProcessingErr> {
-        let (loader, _) = Actor::spawn_linked(
-            Some(LOADER.into()),
-            LoaderActor,
-            LoaderArgs {
-                programs_dir: self.plan.programs_dir.clone(),
-                firewall: self.plan.firewall.clone(),
-                state_dir: self.plan.state_dir.clone(),
-                pin_root: self.plan.pin_root.clone(),
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        self.loader = Some(loader);
-        self.start_interfaces(myself).await
-    }
-
-    async fn start_fallback(
-        &mut self,
-        myself: &ActorRef<RootMsg>,
-    ) -> Result<(), ActorProcessingErr> {
-        if !self.plan.fallback {
-            return Ok(());
-        }
-        let (fallback, _) = Actor::spawn_linked(
-            Some(FALLBACK.into()),
-            FallbackActor,
-            FallbackArgs {
-                interfaces: INTERFACES.into(),
-                interval: self.plan.fallback_probe_interval,
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        self.fallback = Some(fallback);
-        Ok(())
-    }
-
-    async fn start_flows(&mut self, myself: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
-        let (flows, _) = Actor::spawn_linked(
-            Some(FLOWS.into()),
-            FlowActor,
-            FlowArgs {
-                loader: LOADER.into(),
-                interval: self.plan.flow_poll_interval,
-                idle_timeout: self.plan.flow_idle_timeout,
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        self.flows = Some(flows);
-        Ok(())
-    }
-
-    async fn start_interfaces(
-        &mut self,
-        myself: &ActorRef<RootMsg>,
-    ) -> Result<(), ActorProcessingErr> {
-        let loader = self.loader.clone().ok_or("the loader is not running")?;
-        let (interfaces, _) = Actor::spawn_linked(
-            Some(INTERFACES.into()),
-            InterfaceSupervisor,
-            InterfacesArgs {
-                loader,
-                intensity: RestartIntensity::default,
-                state_dir: self.plan.state_dir.clone(),
-                fallback: self.plan.fallback,
-                on_restart: {
-                    let root = myself.clone();
-                    std::sync::Arc::new(move |interface: &str, why: &str| {
+/// The root's children in start (and dependency) order.
+fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
+    let mut specs = Vec::new();
+    let loader_args = LoaderArgs {
+        programs_dir: plan.programs_dir.clone(),
+        firewall: plan.firewall.clone(),
+        state_dir: plan.state_dir.clone(),
+        pin_root: plan.pin_root.clone(),
+    };
+    specs.push(ChildSpec {
+        name: "LoaderActor".into(),
+        restart: Restart::Permanent,
+        start: Arc::new(move |sup: ActorCell| {
+            let args = loader_args.clone();
+            Box::pin(async move {
+                let (a, _) =
+                    Actor::spawn_linked(Some(LOADER.into()), LoaderActor, args, sup).await?;
+                Ok(a.get_cell())
+            })
+        }),
+    });
+    let (state_dir, fallback, root) = (plan.state_dir.clone(), plan.fallback, root.clone());
+    specs.push(ChildSpec {
+        name: "InterfaceSupervisor".into(),
+        restart: Restart::Permanent,
+        start: Arc::new(move |sup: ActorCell| {
+            let (state_dir, root) = (state_dir.clone(), root.clone());
+            Box::pin(async move {
+                let loader = ActorRef::<LoaderMsg>::where_is(LOADER)
+                    .ok_or("the LoaderActor is not running")?;
+                let on_restart: actors::interfaces::OnRestart =
+                    Arc::new(move |interface: &str, why: &str| {
                         let _ = root.cast(RootMsg::AttachActorRestarted {
                             interface: interface.to_string(),
                             why: why.to_string(),
                         });
-                    })
-                },
-            },
-            myself.get_cell(),
-        )
-        .await?;
-        self.interfaces = Some(interfaces);
-        Ok(())
+                    });
+                let (a, _) = Actor::spawn_linked(
+                    Some(INTERFACES.into()),
+                    InterfaceSupervisor,
+                    InterfacesArgs {
+                        loader,
+                        intensity: RestartIntensity::default,
+                        state_dir,
+                        fallback,
+                        on_restart,
+                    },
+                    sup,
+                )
+                .await?;
+                Ok(a.get_cell())
+            })
+        }),
+    });
+    let (interval, idle_timeout) = (plan.flow_poll_interval, plan.flow_idle_timeout);
+    specs.push(ChildSpec {
+        name: "FlowActor".into(),
+        restart: Restart::Permanent,
+        start: Arc::new(move |sup: ActorCell| {
+            Box::pin(async move {
+                let args = FlowArgs {
+                    loader: LOADER.into(),
+                    interval,
+                    idle_timeout,
+                };
+                let (a, _) = Actor::spawn_linked(Some(FLOWS.into()), FlowActor, args, sup).await?;
+                Ok(a.get_cell())
+            })
+        }),
+    });
+    if plan.fallback {
+        let interval = plan.fallback_probe_interval;
+        specs.push(ChildSpec {
+            name: "FallbackActor".into(),
+            restart: Restart::Permanent,
+            start: Arc::new(move |sup: ActorCell| {
+                Box::pin(async move {
+                    let args = FallbackArgs {
+                        interfaces: INTERFACES.into(),
+                        interval,
+                    };
+                    let (a, _) =
+                        Actor::spawn_linked(Some(FALLBACK.into()), FallbackActor, args, sup)
+                            .await?;
+                    Ok(a.get_cell())
+                })
+            }),
+        });
     }
+    specs
+}
 
+impl RootState {
     async fn run_plan(&mut self) -> Result<(), ApiError> {
         if self.plan.tcp_probe
-            && let Some(loader) = &self.loader
+            && let Some(loader) = &ActorRef::<LoaderMsg>::where_is(LOADER)
         {
             let loaded = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
             if !loaded.iter().any(|p| p.name == "tcp_state") {
@@ -345,7 +289,10 @@ impl RootState {
         let Some((interface, mode)) = self.plan.auto_attach.clone() else {
             return Ok(());
         };
-        let (Some(loader), Some(interfaces)) = (&self.loader, &self.interfaces) else {
+        let (Some(loader), Some(interfaces)) = (
+            &ActorRef::<LoaderMsg>::where_is(LOADER),
+            &ActorRef::<InterfacesMsg>::where_is(INTERFACES),
+        ) else {
             return Ok(());
         };
         let already = ask(interfaces, "InterfaceSupervisor", |reply| {

@@ -77,29 +77,36 @@ struct Child {
     last_failure: Option<String>,
 }
 
-pub struct SupervisorState {
+/// What a death led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restarted {
+    /// The child that died, and why.
+    pub child: String,
+    pub why: String,
+    /// Every child started again (the dead one first, then in start order).
+    pub restarted: Vec<String>,
+}
+
+/// The strategy engine: a supervisor's children, started in order, restarted on their deaths
+/// by the strategy, restart types and intensity. `StrategySupervisor` is an actor around it;
+/// the daemon's RootSupervisor embeds one too.
+pub struct Children {
     strategy: Strategy,
     intensity: RestartIntensity,
     children: Vec<Child>,
 }
 
-pub struct StrategySupervisor;
-
-impl Actor for StrategySupervisor {
-    type Msg = SupervisorMsg;
-    type State = SupervisorState;
-    type Arguments = SupervisorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
-        args: SupervisorArgs,
-    ) -> Result<SupervisorState, ActorProcessingErr> {
-        let mut state = SupervisorState {
-            strategy: args.strategy,
-            intensity: RestartIntensity::new(args.max_restarts, args.window),
-            children: args
-                .children
+impl Children {
+    pub fn new(
+        strategy: Strategy,
+        max_restarts: usize,
+        window: Duration,
+        specs: Vec<ChildSpec>,
+    ) -> Self {
+        Children {
+            strategy,
+            intensity: RestartIntensity::new(max_restarts, window),
+            children: specs
                 .into_iter()
                 .map(|spec| Child {
                     spec,
@@ -108,44 +115,39 @@ impl Actor for StrategySupervisor {
                     last_failure: None,
                 })
                 .collect(),
-        };
-        for i in 0..state.children.len() {
-            state.start(i, &myself).await?;
         }
-        Ok(state)
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<SupervisorMsg>,
-        msg: SupervisorMsg,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SupervisorMsg::Children { reply } => {
-                let _ = reply.send(
-                    state
-                        .children
-                        .iter()
-                        .map(|c| ChildReport {
-                            name: c.spec.name.clone(),
-                            running: c.cell.is_some(),
-                            restarts: c.restarts,
-                            last_failure: c.last_failure.clone(),
-                        })
-                        .collect(),
-                );
+    /// Starts every child not running, in order.
+    pub async fn start_all(&mut self, supervisor: &ActorCell) -> Result<(), ActorProcessingErr> {
+        for i in 0..self.children.len() {
+            if self.children[i].cell.is_none() {
+                self.start(i, supervisor).await?;
             }
         }
         Ok(())
     }
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<SupervisorMsg>,
+    pub fn report(&self) -> Vec<ChildReport> {
+        self.children
+            .iter()
+            .map(|c| ChildReport {
+                name: c.spec.name.clone(),
+                running: c.cell.is_some(),
+                restarts: c.restarts,
+                last_failure: c.last_failure.clone(),
+            })
+            .collect()
+    }
+
+    /// Handles a supervision event. `Ok(None)`: not about a child, or a child not to be
+    /// restarted (transient after a normal stop, temporary). `Err(why)`: the intensity was
+    /// exceeded; every child has been stopped and the supervisor must give up (escalate).
+    pub async fn on_event(
+        &mut self,
+        supervisor: &ActorCell,
         event: SupervisionEvent,
-        state: &mut SupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Result<Option<Restarted>, String> {
         let (cell, failed, why) = match event {
             SupervisionEvent::ActorFailed(cell, err) => (cell, true, format!("failed: {err}")),
             SupervisionEvent::ActorTerminated(cell, _, reason) => (
@@ -153,16 +155,16 @@ impl Actor for StrategySupervisor {
                 false,
                 format!("stopped: {}", reason.unwrap_or_else(|| "normally".into())),
             ),
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
-        let Some(i) = state
+        let Some(i) = self
             .children
             .iter()
             .position(|c| c.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
         else {
-            return Ok(());
+            return Ok(None);
         };
-        let child = &mut state.children[i];
+        let child = &mut self.children[i];
         child.cell = None;
         child.last_failure = Some(why.clone());
         let restart = match child.spec.restart {
@@ -172,65 +174,62 @@ impl Actor for StrategySupervisor {
         };
         if !restart {
             info!(child = %child.spec.name, %why, restart = ?child.spec.restart, "not restarted");
-            return Ok(());
+            return Ok(None);
         }
-        if !state.intensity.allow(Instant::now()) {
+        let name = child.spec.name.clone();
+        if !self.intensity.allow(Instant::now()) {
             let reason = format!(
-                "{} died ({why}) more often than {}: giving up and escalating",
-                child.spec.name,
-                state.intensity.describe()
+                "{name} died ({why}) more often than {}: giving up and escalating",
+                self.intensity.describe()
             );
             error!("{reason}");
-            state.stop_all(&myself);
-            return Err(reason.into());
+            self.stop_range(0, self.children.len(), supervisor, "supervisor gave up");
+            return Err(reason);
         }
-        // Which children restart: the dead one, and with it all (one_for_all) or those
-        // started after it (rest_for_one), stopped first in reverse start order.
-        let from = match state.strategy {
-            Strategy::OneForOne => i,
-            Strategy::OneForAll => 0,
-            Strategy::RestForOne => i,
+        // The dead child, and with it all (one_for_all) or those started after it
+        // (rest_for_one), stopped first in reverse start order.
+        let (from, to) = match self.strategy {
+            Strategy::OneForOne => (i, i + 1),
+            Strategy::OneForAll => (0, self.children.len()),
+            Strategy::RestForOne => (i, self.children.len()),
         };
-        let to = match state.strategy {
-            Strategy::OneForOne => i + 1,
-            Strategy::OneForAll | Strategy::RestForOne => state.children.len(),
-        };
-        for j in (from..to).rev() {
-            if let Some(c) = state.children[j].cell.take() {
-                c.unlink(myself.get_cell());
-                c.stop(Some(format!(
-                    "{} restarts ({:?})",
-                    state.children[i].spec.name, state.strategy
-                )));
-            }
-        }
-        error!(child = %state.children[i].spec.name, %why, strategy = ?state.strategy, "restarting");
+        self.stop_range(
+            from,
+            to,
+            supervisor,
+            &format!("{name} restarts ({:?})", self.strategy),
+        );
+        error!(child = %name, %why, strategy = ?self.strategy, "restarting");
+        self.children[i].restarts += 1;
+        let mut restarted = vec![name.clone()];
+        self.start(i, supervisor)
+            .await
+            .map_err(|e| format!("restarting {name}: {e}"))?;
         for j in from..to {
-            let c = &state.children[j];
-            // Temporary children that were stopped with the others are not brought back.
-            if j != i && c.spec.restart == Restart::Temporary {
+            // Temporary children stopped with the others are not brought back.
+            if j == i || self.children[j].spec.restart == Restart::Temporary {
                 continue;
             }
-            state.children[j].restarts += 1;
-            state.start(j, &myself).await?;
+            self.start(j, supervisor)
+                .await
+                .map_err(|e| format!("restarting {}: {e}", self.children[j].spec.name))?;
+            restarted.push(self.children[j].spec.name.clone());
         }
-        Ok(())
+        Ok(Some(Restarted {
+            child: name,
+            why,
+            restarted,
+        }))
     }
-}
 
-impl SupervisorState {
-    async fn start(
-        &mut self,
-        i: usize,
-        myself: &ActorRef<SupervisorMsg>,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn start(&mut self, i: usize, supervisor: &ActorCell) -> Result<(), ActorProcessingErr> {
         let child = &mut self.children[i];
         // A name frees only once the old actor has fully stopped.
         let mut tries = 0;
         let cell = loop {
-            match (child.spec.start)(myself.get_cell()).await {
+            match (child.spec.start)(supervisor.clone()).await {
                 Ok(cell) => break cell,
-                Err(e) if tries < 20 => {
+                Err(e) if tries < 50 => {
                     tries += 1;
                     tracing::debug!(child = %child.spec.name, error = %e, "start failed; retrying");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -242,12 +241,58 @@ impl SupervisorState {
         Ok(())
     }
 
-    fn stop_all(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        for c in self.children.iter_mut().rev() {
+    fn stop_range(&mut self, from: usize, to: usize, supervisor: &ActorCell, why: &str) {
+        for c in self.children[from..to].iter_mut().rev() {
             if let Some(cell) = c.cell.take() {
-                cell.unlink(myself.get_cell());
-                cell.stop(Some("supervisor gave up".into()));
+                cell.unlink(supervisor.clone());
+                cell.stop(Some(why.to_string()));
             }
         }
+    }
+}
+
+pub struct StrategySupervisor;
+
+impl Actor for StrategySupervisor {
+    type Msg = SupervisorMsg;
+    type State = Children;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<Children, ActorProcessingErr> {
+        let mut children =
+            Children::new(args.strategy, args.max_restarts, args.window, args.children);
+        children.start_all(&myself.get_cell()).await?;
+        Ok(children)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        children: &mut Children,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Children { reply } => {
+                let _ = reply.send(children.report());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        children: &mut Children,
+    ) -> Result<(), ActorProcessingErr> {
+        children
+            .on_event(&myself.get_cell(), event)
+            .await
+            .map(|_| ())
+            .map_err(ActorProcessingErr::from)
     }
 }
