@@ -189,14 +189,15 @@ fn metrics_carry_the_kernel_counters_and_pass_promtool() {
 }
 
 #[test]
-fn a_taken_metrics_port_is_reported_not_fatal() {
+fn a_taken_metrics_port_is_reported_not_fatal_and_a_restarted_metrics_actor_binds_it() {
     let hosts = TwoHosts::new();
     let blocker = hosts
         .a
         .within(|| std::net::TcpListener::bind(("127.0.0.1", 9466)).unwrap());
-    let daemon = Daemon::start(
+    let daemon = Daemon::start_with_flags(
         &hosts.a,
         "auto_load_programs = false\nprometheus_port = 9466\nmetrics_bind_address = \"127.0.0.1\"\n",
+        &["--enable-fault-injection"],
     );
     let health = daemon.cli_json(&["health"]);
     assert_eq!(health["status"], "degraded", "{health}");
@@ -206,6 +207,37 @@ fn a_taken_metrics_port_is_reported_not_fatal() {
         "{message}"
     );
     drop(blocker);
+
+    // The MetricsActor dies; its supervisor starts it again, and it binds the port, free now.
+    daemon.cli_json(&["debug", "crash", "metrics"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tree = daemon.cli_json(&["supervisor"]);
+        let node = tree
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "MetricsActor")
+            .cloned()
+            .unwrap();
+        if node["restarts"] == 1 && node["state"] == "running" {
+            assert!(
+                node["last_failure"]
+                    .as_str()
+                    .unwrap()
+                    .contains("fault injected into MetricsActor"),
+                "{node}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{tree:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = get(&hosts.a, 9466, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("ebpf_programs_loaded"), "{body}");
+    let health = daemon.cli_json(&["health"]);
+    assert!(health["checks"].get("metrics").is_none(), "{health}");
 }
 
 /// A Prometheus server, started by the test inside a namespace on loopback with a temporary

@@ -21,7 +21,9 @@ use tracing::{debug, warn};
 
 use crate::alerts::{ALERTS, AlertsMsg};
 use crate::mapek::{MAPEK, MapekMsg};
-use crate::root::{FALLBACK, FLOWS, INTERFACES, LOADER, RootMsg};
+use crate::metrics::{METRICS, MetricsMsg};
+use crate::root::{FALLBACK, FLOWS, INTERFACES, LOADER, RootMsg, SERVICES};
+use crate::strategy::SupervisorMsg;
 
 /// A client that starts a frame must finish it within this time.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,8 +37,6 @@ pub type SetLogFilter =
 pub struct Control {
     pub started: Instant,
     pub root: ActorRef<RootMsg>,
-    /// Why the metrics endpoint is not serving, when it is not (reported by `health`).
-    pub metrics_problem: Option<String>,
     /// Sets the log filter at run time (`debug --enable --log-level`); `None` restores the
     /// filter the daemon started with.
     pub set_log_filter: SetLogFilter,
@@ -316,6 +316,10 @@ impl Control {
             "flows" => flow_actor()?
                 .cast(FlowMsg::Crash)
                 .map_err(|e| unreachable(e.to_string())),
+            "metrics" => ActorRef::<MetricsMsg>::where_is(METRICS)
+                .ok_or_else(|| unreachable("the MetricsActor is not running".into()))?
+                .cast(MetricsMsg::Crash)
+                .map_err(|e| unreachable(e.to_string())),
             other => match other.strip_prefix("attach:") {
                 Some(interface) => {
                     ask(interfaces, "InterfaceSupervisor", |reply| {
@@ -328,7 +332,9 @@ impl Control {
                 }
                 None => Err(ApiError::new(
                     ErrorKind::InvalidRequest,
-                    format!("no actor {other:?}: use loader, interfaces, flows or attach:IFACE"),
+                    format!(
+                        "no actor {other:?}: use loader, interfaces, flows, metrics or attach:IFACE"
+                    ),
                 )),
             },
         }
@@ -402,18 +408,59 @@ impl Control {
             "worker: probes degraded attachments for their requested mode",
             registered(FALLBACK).then_some(true),
         ));
-        nodes.push(node(
-            "AlertsActor",
-            0,
-            "beside the tree: alerts",
-            Some(registered(ALERTS)),
-        ));
-        nodes.push(node(
-            "MapekActor",
-            0,
-            "beside the tree: the MAPE-K loop",
-            registered(MAPEK).then_some(true),
-        ));
+        // The second tree: alerts, MAPE-K and metrics, which need this control handle.
+        nodes.push(ActorNode {
+            name: "ServicesSupervisor".into(),
+            depth: 0,
+            role: "supervisor: one_for_one over AlertsActor, MapekActor, MetricsActor".into(),
+            state: if registered(SERVICES) {
+                "running"
+            } else {
+                "stopped"
+            }
+            .into(),
+            restarts: 0,
+            last_failure_at: None,
+            last_failure: None,
+        });
+        let services = match ActorRef::<SupervisorMsg>::where_is(SERVICES) {
+            Some(s) => ask(&s, "ServicesSupervisor", |reply| SupervisorMsg::Children {
+                reply,
+            })
+            .await
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let roles = [
+            (
+                "AlertsActor",
+                "worker: the alerts, every monitoring interval",
+            ),
+            (
+                "MapekActor",
+                "worker: the MAPE-K loop, every monitoring interval",
+            ),
+            (
+                "MetricsActor",
+                "worker: the HTTP endpoint (/metrics, /health)",
+            ),
+        ];
+        for (name, role) in roles {
+            let child = services.iter().find(|c| c.name == name);
+            nodes.push(ActorNode {
+                name: name.into(),
+                depth: 1,
+                role: role.into(),
+                state: match child {
+                    Some(c) if c.running => "running".into(),
+                    Some(_) => "restarting".into(),
+                    None => "off".into(),
+                },
+                restarts: child.map_or(0, |c| c.restarts),
+                last_failure_at: None,
+                last_failure: child.and_then(|c| c.last_failure.clone()),
+            });
+        }
         Ok(nodes)
     }
 
@@ -529,7 +576,13 @@ impl Control {
                 None => check(HealthStatus::Healthy, "no actor restarts".into()),
             },
         );
-        if let Some(problem) = &self.metrics_problem {
+        let metrics_problem = match ActorRef::<MetricsMsg>::where_is(METRICS) {
+            Some(m) => ask(&m, "MetricsActor", |reply| MetricsMsg::Problem { reply })
+                .await
+                .unwrap_or_default(),
+            None => None,
+        };
+        if let Some(problem) = &metrics_problem {
             checks.insert(
                 "metrics".to_string(),
                 check(HealthStatus::Degraded, problem.clone()),

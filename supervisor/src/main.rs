@@ -10,11 +10,12 @@ use actors::loader::LoaderMsg;
 use actors::rpc::ask;
 use anyhow::Context as _;
 use clap::Parser;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
 use supervisor::control::{Control, SetLogFilter};
 use supervisor::host;
-use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, StartupPlan};
+use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, SERVICES, StartupPlan};
+use supervisor::strategy::{ChildSpec, Restart, Strategy, StrategySupervisor, SupervisorArgs};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -246,36 +247,12 @@ async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "x0tta6bl4-ebpfd ready"
     );
-    let metrics_listener = if config.enable_metrics_export {
-        let address =
-            std::net::SocketAddr::new(config.metrics_bind_address, config.prometheus_port);
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(l) => {
-                info!(%address, "metrics on http://{address}/metrics");
-                Ok(Some(l))
-            }
-            Err(e) => {
-                let problem = format!(
-                    "cannot serve metrics on {address}: {e}; set prometheus_port to a free port"
-                );
-                error!("{problem}");
-                Err(problem)
-            }
-        }
-    } else {
-        Ok(None)
-    };
     let control = Control {
         started: Instant::now(),
         root: root.clone(),
-        metrics_problem: metrics_listener.as_ref().err().cloned(),
         set_log_filter,
         fault_injection,
         custom_metrics: supervisor::custom_metrics::CustomMetrics::load(&config.state_dir),
-    };
-    let metrics = match metrics_listener {
-        Ok(Some(l)) => Some(tokio::spawn(supervisor::metrics::serve(control.clone(), l))),
-        _ => None,
     };
     let server = tokio::spawn(control.clone().serve(listener));
     // Link changes (deleted, down, back) reach the AttachActors at once; their periodic check
@@ -287,36 +264,13 @@ async fn run(
     }) {
         tracing::warn!(error = %e, "no netlink link events; attachments are checked every 500 ms only");
     }
-    let (alerts, _) = Actor::spawn(
-        Some(supervisor::alerts::ALERTS.into()),
-        supervisor::alerts::AlertsActor,
-        supervisor::alerts::AlertsArgs {
-            control: control.clone(),
-            interval: std::time::Duration::from_secs_f64(config.monitoring_interval_seconds),
-            latency_threshold_ms: config.latency_threshold_ms,
-        },
+    let (services, mut services_handle) = Actor::spawn(
+        Some(SERVICES.into()),
+        StrategySupervisor,
+        services(&config, &control),
     )
     .await
-    .context("starting the AlertsActor")?;
-    let mapek = if config.enable_mapek_integration {
-        let (mapek, _) = Actor::spawn(
-            Some(supervisor::mapek::MAPEK.into()),
-            supervisor::mapek::MapekActor,
-            supervisor::mapek::MapekArgs {
-                control: control.clone(),
-                interval: std::time::Duration::from_secs_f64(config.monitoring_interval_seconds),
-                state_dir: config.state_dir.clone(),
-                policy: supervisor::mapek::Policy::from_idle_timeout(
-                    std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
-                ),
-            },
-        )
-        .await
-        .context("starting the MapekActor")?;
-        Some(mapek)
-    } else {
-        None
-    };
+    .context("starting the services supervisor (alerts, MAPE-K, metrics)")?;
     // Ready (systemd Type=notify) once the socket serves and the restored state is in place:
     // the InterfaceSupervisor answers only after restoring the attachments, the root only
     // after the startup plan it queued when it started.
@@ -353,19 +307,14 @@ async fn run(
             false
         }
         _ = &mut root_handle => true,
+        _ = &mut services_handle => true,
     };
     if gave_up {
-        // Escalation from the top of the tree: exit, and leave the programs on their pinned
+        // Escalation from the top of a tree: exit, and leave the programs on their pinned
         // links for the restarted daemon to adopt.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         server.abort();
-        if let Some(m) = metrics {
-            m.abort();
-        }
-        if let Some(m) = &mapek {
-            m.stop(None);
-        }
-        alerts.stop(None);
+        services.stop(None);
         let _ = std::fs::remove_file(&config.socket_path);
         anyhow::bail!(
             "the supervision tree gave up (its actors died too often; see the errors above): exiting \
@@ -377,13 +326,10 @@ async fn run(
         w.abort();
     }
     server.abort();
-    if let Some(m) = metrics {
-        m.abort();
-    }
-    // The loop must not act on the teardown (retry the attachments being detached, say).
-    if let Some(m) = &mapek {
-        m.stop(None);
-    }
+    // Alerts, metrics and the MAPE-K loop go first: the loop must not act on the teardown
+    // (retry the attachments being detached, say).
+    services.stop(None);
+    let _ = services_handle.await;
     let keep = config.keep_attached_on_shutdown;
     if keep {
         info!(
@@ -409,13 +355,100 @@ async fn run(
     {
         error!(error = %e, "unloading at shutdown");
     }
-    alerts.stop(None);
     root.stop(Some("shutdown".into()));
     let _ = root_handle.await;
     let _ = std::fs::remove_file(&config.socket_path);
     actors::sys::remove_pin_root_if_empty(&config.pin_root);
     info!("stopped");
     Ok(())
+}
+
+/// The actors beside the tree of the kernel-facing ones (they need the control handle, which
+/// needs the root): the AlertsActor, the MapekActor and the MetricsActor, one_for_one.
+fn services(config: &Config, control: &Control) -> SupervisorArgs {
+    let interval = std::time::Duration::from_secs_f64(config.monitoring_interval_seconds);
+    let mut children = Vec::new();
+    let (c, latency_threshold_ms) = (control.clone(), config.latency_threshold_ms);
+    children.push(ChildSpec {
+        name: "AlertsActor".into(),
+        restart: Restart::Permanent,
+        start: std::sync::Arc::new(move |sup: ActorCell| {
+            let args = supervisor::alerts::AlertsArgs {
+                control: c.clone(),
+                interval,
+                latency_threshold_ms,
+            };
+            Box::pin(async move {
+                let (a, _) = Actor::spawn_linked(
+                    Some(supervisor::alerts::ALERTS.into()),
+                    supervisor::alerts::AlertsActor,
+                    args,
+                    sup,
+                )
+                .await?;
+                Ok(a.get_cell())
+            })
+        }),
+    });
+    if config.enable_mapek_integration {
+        let (c, state_dir) = (control.clone(), config.state_dir.clone());
+        let policy = supervisor::mapek::Policy::from_idle_timeout(
+            std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
+        );
+        children.push(ChildSpec {
+            name: "MapekActor".into(),
+            restart: Restart::Permanent,
+            start: std::sync::Arc::new(move |sup: ActorCell| {
+                let args = supervisor::mapek::MapekArgs {
+                    control: c.clone(),
+                    interval,
+                    state_dir: state_dir.clone(),
+                    policy: policy.clone(),
+                };
+                Box::pin(async move {
+                    let (a, _) = Actor::spawn_linked(
+                        Some(supervisor::mapek::MAPEK.into()),
+                        supervisor::mapek::MapekActor,
+                        args,
+                        sup,
+                    )
+                    .await?;
+                    Ok(a.get_cell())
+                })
+            }),
+        });
+    }
+    if config.enable_metrics_export {
+        let c = control.clone();
+        let address =
+            std::net::SocketAddr::new(config.metrics_bind_address, config.prometheus_port);
+        children.push(ChildSpec {
+            name: "MetricsActor".into(),
+            restart: Restart::Permanent,
+            start: std::sync::Arc::new(move |sup: ActorCell| {
+                let args = supervisor::metrics::MetricsArgs {
+                    control: c.clone(),
+                    address,
+                };
+                Box::pin(async move {
+                    let (a, _) = Actor::spawn_linked(
+                        Some(supervisor::metrics::METRICS.into()),
+                        supervisor::metrics::MetricsActor,
+                        args,
+                        sup,
+                    )
+                    .await?;
+                    Ok(a.get_cell())
+                })
+            }),
+        });
+    }
+    SupervisorArgs {
+        strategy: Strategy::OneForOne,
+        max_restarts: 5,
+        window: std::time::Duration::from_secs(30),
+        children,
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -46,7 +46,91 @@ pub const METRIC_NAMES: [&str; 17] = [
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HEAD_LIMIT: usize = 8 * 1024;
 
-pub async fn serve(control: Control, listener: TcpListener) {
+pub const METRICS: &str = "x0tta6bl4.metrics";
+
+/// MetricsActor: owns the HTTP endpoint (`/metrics`, `/health`). A port it cannot bind is
+/// reported (`health`), not fatal; a restart binds again.
+pub struct MetricsActor;
+
+pub struct MetricsArgs {
+    pub control: Control,
+    pub address: std::net::SocketAddr,
+}
+
+pub enum MetricsMsg {
+    /// Why the endpoint is not serving, when it is not.
+    Problem {
+        reply: ractor::RpcReplyPort<Option<String>>,
+    },
+    /// Fault injection (`debug crash metrics`).
+    Crash,
+}
+
+pub struct MetricsState {
+    server: Option<tokio::task::JoinHandle<()>>,
+    problem: Option<String>,
+}
+
+impl ractor::Actor for MetricsActor {
+    type Msg = MetricsMsg;
+    type State = MetricsState;
+    type Arguments = MetricsArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<MetricsMsg>,
+        args: MetricsArgs,
+    ) -> Result<MetricsState, ractor::ActorProcessingErr> {
+        let address = args.address;
+        Ok(match TcpListener::bind(address).await {
+            Ok(listener) => {
+                tracing::info!(%address, "metrics on http://{address}/metrics");
+                MetricsState {
+                    server: Some(tokio::spawn(serve(args.control, listener))),
+                    problem: None,
+                }
+            }
+            Err(e) => {
+                let problem = format!(
+                    "cannot serve metrics on {address}: {e}; set prometheus_port to a free port"
+                );
+                tracing::error!("{problem}");
+                MetricsState {
+                    server: None,
+                    problem: Some(problem),
+                }
+            }
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MetricsMsg>,
+        state: &mut MetricsState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        if let Some(s) = state.server.take() {
+            s.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<MetricsMsg>,
+        msg: MetricsMsg,
+        state: &mut MetricsState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        match msg {
+            MetricsMsg::Problem { reply } => {
+                let _ = reply.send(state.problem.clone());
+            }
+            MetricsMsg::Crash => panic!("fault injected into MetricsActor"),
+        }
+        Ok(())
+    }
+}
+
+async fn serve(control: Control, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

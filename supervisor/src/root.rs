@@ -27,6 +27,8 @@ pub const LOADER: &str = "x0tta6bl4.loader";
 pub const INTERFACES: &str = "x0tta6bl4.interfaces";
 pub const FLOWS: &str = "x0tta6bl4.flows";
 pub const FALLBACK: &str = "x0tta6bl4.fallback";
+/// The supervisor of the actors beside the kernel-facing tree (alerts, MAPE-K, metrics).
+pub const SERVICES: &str = "x0tta6bl4.services";
 
 /// What the daemon does at start (and again after its children restart).
 #[derive(Debug, Clone)]
