@@ -61,13 +61,45 @@ struct Flow {
     value: FlowValue,
     packets_per_second: f64,
     bytes_per_second: f64,
+    /// Packets and bytes at `base_ns`, what the rates are measured from. The base moves once
+    /// it is an interval old, so a rate always spans one to two intervals, never the few
+    /// milliseconds between a timed read and a query's.
+    base_packets: u64,
+    base_bytes: u64,
+    base_ns: u64,
+}
+
+/// The rates of a flow now (`value` at `now_ns`) from its base, and the base to keep.
+fn rates(value: &FlowValue, old: Option<&Flow>, now_ns: u64, interval: Duration) -> Flow {
+    // A new flow counts from zero, from its first packet.
+    let (p0, b0, base_ns) = old.map_or((0, 0, value.first_seen_ns), |f| {
+        (f.base_packets, f.base_bytes, f.base_ns)
+    });
+    let elapsed = now_ns.saturating_sub(base_ns);
+    let secs = elapsed as f64 / 1e9;
+    let (packets_per_second, bytes_per_second) = if secs >= 0.1 {
+        (
+            value.packets.saturating_sub(p0) as f64 / secs,
+            value.bytes.saturating_sub(b0) as f64 / secs,
+        )
+    } else {
+        old.map_or((0.0, 0.0), |f| (f.packets_per_second, f.bytes_per_second))
+    };
+    let moves = elapsed >= interval.as_nanos() as u64;
+    Flow {
+        value: *value,
+        packets_per_second,
+        bytes_per_second,
+        base_packets: if moves { value.packets } else { p0 },
+        base_bytes: if moves { value.bytes } else { b0 },
+        base_ns: if moves { now_ns } else { base_ns },
+    }
 }
 
 struct Table {
     flows: FastMap<FlowKey, Flow>,
     /// The table's bookkeeping at that read.
     table: FlowTable,
-    read_at_ns: u64,
 }
 
 /// What the last read found; moved to the reading thread and back.
@@ -187,6 +219,7 @@ impl FlowState {
                 Some((idle, _)) => (*idle).min(self.args.idle_timeout),
                 None => self.args.idle_timeout,
             },
+            interval: self.args.interval,
             enabled: sources.enabled,
             queries: std::mem::take(&mut self.waiting),
             age_out: self.age_out.take().map(|(_, reply)| reply),
@@ -208,6 +241,8 @@ impl FlowState {
 struct Read {
     maps: Vec<(String, Arc<Mutex<FlowMaps>>)>,
     idle: Duration,
+    /// The timed read's interval: rates span one to two of these.
+    interval: Duration,
     enabled: bool,
     queries: Vec<(FlowQuery, RpcReplyPort<FlowList>)>,
     age_out: Option<RpcReplyPort<u64>>,
@@ -248,38 +283,14 @@ impl Read {
             let old = before.tables.remove(id);
             let mut flows = FastMap::with_capacity_and_hasher(scan.flows.len(), Default::default());
             for (key, value) in &scan.flows {
-                let rates = old.as_ref().map(|o| {
-                    // A flow new since the last read counts from zero, from its first packet.
-                    let (since, p0, b0) = match o.flows.get(key) {
-                        Some(f) => (o.read_at_ns, f.value.packets, f.value.bytes),
-                        None => (o.read_at_ns.max(value.first_seen_ns), 0, 0),
-                    };
-                    let secs = now_ns.saturating_sub(since) as f64 / 1e9;
-                    if secs > 0.0 {
-                        (
-                            value.packets.saturating_sub(p0) as f64 / secs,
-                            value.bytes.saturating_sub(b0) as f64 / secs,
-                        )
-                    } else {
-                        (0.0, 0.0)
-                    }
-                });
-                let (packets_per_second, bytes_per_second) = rates.unwrap_or((0.0, 0.0));
-                flows.insert(
-                    *key,
-                    Flow {
-                        value: *value,
-                        packets_per_second,
-                        bytes_per_second,
-                    },
-                );
+                let before = old.as_ref().and_then(|o| o.flows.get(key));
+                flows.insert(*key, rates(value, before, now_ns, self.interval));
             }
             tables.insert(
                 id.clone(),
                 Table {
                     table: scan.table(id),
                     flows,
-                    read_at_ns: now_ns,
                 },
             );
         }
@@ -358,5 +369,47 @@ impl Snapshot {
             })
             .collect();
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn value(packets: u64, first_seen_ns: u64) -> FlowValue {
+        FlowValue {
+            packets,
+            bytes: packets * 100,
+            first_seen_ns,
+            ..FlowValue::default()
+        }
+    }
+
+    #[test]
+    fn rates_span_at_least_an_interval_not_the_gap_between_two_reads() {
+        let interval = Duration::from_secs(1);
+        // New at 10 s; read at 12 s with 200 packets: 100 pps since its first packet.
+        let f = rates(&value(200, 10 * S), None, 12 * S, interval);
+        assert_eq!(f.packets_per_second, 100.0);
+        assert_eq!((f.base_packets, f.base_ns), (200, 12 * S), "the base moved");
+        // A query's read 5 ms later, 3 packets more (a burst): still measured from the base,
+        // which stays.
+        let g = rates(&value(203, 10 * S), Some(&f), 12 * S + 5_000_000, interval);
+        assert_eq!(
+            g.packets_per_second, f.packets_per_second,
+            "too short to measure"
+        );
+        assert_eq!(g.base_ns, 12 * S);
+        // Half a second on, 50 more: 100 pps over the half second, base still there.
+        let h = rates(&value(250, 10 * S), Some(&g), 12 * S + S / 2, interval);
+        assert_eq!(h.packets_per_second, 100.0);
+        assert_eq!(h.base_ns, 12 * S);
+        // A flow younger than 0.1 s has no rate yet.
+        assert_eq!(
+            rates(&value(5, 20 * S), None, 20 * S + 1_000, interval).packets_per_second,
+            0.0
+        );
     }
 }

@@ -186,7 +186,7 @@ fn the_flow_actor_keeps_rates_and_ages_out_idle_flows() {
     let hosts = TwoHosts::new();
     let sender = hosts.ips_b[0];
     let config = format!(
-        "interface = \"{}\"\nflow_poll_interval_seconds = 0.25\nflow_idle_timeout_seconds = 1.5\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
+        "interface = \"{}\"\nflow_poll_interval_seconds = 0.5\nflow_idle_timeout_seconds = 1.5\n[programs.xdp_firewall]\nattach_mode = \"skb\"\n",
         hosts.if_a
     );
     let daemon = Daemon::start(&hosts.a, &config);
