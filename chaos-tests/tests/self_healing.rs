@@ -501,3 +501,69 @@ fn a_tree_that_keeps_dying_escalates_the_daemon_exits_and_the_firewall_stays() {
     assert_eq!(hosts.ping(allowed, 2), 2);
     assert_eq!(hosts.ping(denied, 2), 0);
 }
+
+#[test]
+fn devices_without_native_xdp_degrade_to_skb_or_fail_clearly_with_fallback_off() {
+    let hosts = TwoHosts::new();
+    for cmd in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            "link",
+            &hosts.if_a,
+            "name",
+            "mv0",
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
+        vec!["ip", "link", "set", "mv0", "up"],
+        vec!["ip", "link", "add", "ifb0", "type", "ifb"],
+        vec!["ip", "link", "set", "ifb0", "up"],
+    ] {
+        hosts.a.exec(&cmd);
+    }
+    let daemon = Daemon::start(
+        &hosts.a,
+        "auto_load_programs = false\nenable_dynamic_fallback = true\n",
+    );
+    for device in ["mv0", "ifb0"] {
+        let id = daemon.cli_json(&["load", "xdp_firewall"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let attached = daemon.cli_json(&["attach", &id, device, "--mode", "drv"]);
+        assert_eq!(
+            (&attached["mode"], &attached["requested_mode"]),
+            (&"skb".into(), &"drv".into()),
+            "{device}: {attached}"
+        );
+    }
+    assert!(daemon.log_text().contains("degrading to skb mode"));
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(
+        health["checks"]["attachments"]["status"], "degraded",
+        "{health}"
+    );
+
+    // Detached at its SIGTERM, so that the next daemon finds the devices free.
+    drop(daemon);
+    let strict = Daemon::start(
+        &hosts.a,
+        "auto_load_programs = false\nenable_dynamic_fallback = false\n",
+    );
+    let id = strict.cli_json(&["load", "xdp_firewall"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = strict.cli(&["attach", &id, "mv0", "--mode", "drv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("interface mv0 has no native XDP support")
+            && stderr(&out).contains("--mode skb"),
+        "{}",
+        stderr(&out)
+    );
+}
