@@ -1,8 +1,10 @@
-//! FallbackActor: the mode policy after a drv→skb degrade (the degrade itself happens at
-//! attach, in the InterfaceSupervisor, with `enable_dynamic_fallback`). Every `interval` it
-//! looks for attachments running in another mode than requested and, when each one's turn
-//! comes, probes the requested mode again; when the driver takes it, the attachment is
-//! upgraded back.
+//! FallbackActor: the mode policy. A driver-mode attach the interface refuses degrades at
+//! attach, in the InterfaceSupervisor (`enable_dynamic_fallback`). This actor degrades, every
+//! `interval`, a driver-mode attachment whose interface sees more XDP_ABORTED returns a second
+//! than `abort_rate` (counted by `xdp_exceptions` on the tracepoint `xdp/xdp_exception`), and
+//! looks for attachments running in another mode than requested: when each one's turn comes,
+//! it probes the requested mode again; when the driver takes it, the attachment is upgraded
+//! back.
 //!
 //! Hysteresis: a refused probe doubles the wait before the next (up to `MAX_BACKOFF` times
 //! the interval); an attachment that degrades again soon after an upgrade (within
@@ -27,15 +29,20 @@ pub const MAX_BACKOFF: u32 = 32;
 pub const FLAP_WINDOW: u32 = 20;
 
 pub struct FallbackArgs {
-    /// Registry name of the InterfaceSupervisor, looked up at every tick.
+    /// Registry names of the InterfaceSupervisor and the LoaderActor, looked up at every tick.
     pub interfaces: String,
+    pub loader: String,
     pub interval: Duration,
+    /// XDP_ABORTED returns a second on an interface above which its driver-mode attachment
+    /// degrades; 0 turns the watch off.
+    pub abort_rate: f64,
 }
 
 pub enum FallbackMsg {
     Tick,
-    /// Probes so far: (interface, "upgraded" | "refused") → count.
-    Probes {
+    /// Mode changes and probes so far: (interface, "upgraded" | "probe_refused" |
+    /// "degraded_aborting") → count.
+    Events {
         reply: RpcReplyPort<BTreeMap<(String, String), u64>>,
     },
 }
@@ -53,6 +60,8 @@ pub struct FallbackState {
     /// When each attachment was last upgraded, and the backoff it had reached.
     upgraded: BTreeMap<(String, String), (Instant, u32)>,
     probes: BTreeMap<(String, String), u64>,
+    /// XDP_ABORTED counts per ifindex at the previous tick, and when.
+    aborts: Option<(Instant, BTreeMap<u32, u64>)>,
 }
 
 pub struct FallbackActor;
@@ -72,12 +81,16 @@ impl Actor for FallbackActor {
         myself: ActorRef<FallbackMsg>,
         args: FallbackArgs,
     ) -> Result<FallbackState, ActorProcessingErr> {
-        myself.send_interval(args.interval, || FallbackMsg::Tick);
+        // Probes wait their backoff; the abort watch looks every second at the most.
+        myself.send_interval(args.interval.min(Duration::from_secs(1)), || {
+            FallbackMsg::Tick
+        });
         Ok(FallbackState {
             args,
             degraded: BTreeMap::new(),
             upgraded: BTreeMap::new(),
             probes: BTreeMap::new(),
+            aborts: None,
         })
     }
 
@@ -89,7 +102,7 @@ impl Actor for FallbackActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             FallbackMsg::Tick => state.tick().await,
-            FallbackMsg::Probes { reply } => {
+            FallbackMsg::Events { reply } => {
                 let _ = reply.send(state.probes.clone());
             }
         }
@@ -98,6 +111,71 @@ impl Actor for FallbackActor {
 }
 
 impl FallbackState {
+    /// Degrades driver-mode attachments on interfaces aborting faster than `abort_rate`.
+    async fn watch_aborts(
+        &mut self,
+        interfaces: &ActorRef<InterfacesMsg>,
+        attachments: &[crate::api::Attachment],
+    ) {
+        let Some(cell) = ractor::registry::where_is(self.args.loader.clone()) else {
+            return;
+        };
+        let loader: ActorRef<crate::loader::LoaderMsg> = cell.into();
+        let Ok(now_counts) = ask(&loader, "LoaderActor", |reply| {
+            crate::loader::LoaderMsg::XdpAborts { reply }
+        })
+        .await
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let Some((then, before)) = self.aborts.replace((now, now_counts.clone())) else {
+            return;
+        };
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        for (ifindex, count) in now_counts {
+            let rate =
+                count.saturating_sub(before.get(&ifindex).copied().unwrap_or(0)) as f64 / secs;
+            if rate <= self.args.abort_rate {
+                continue;
+            }
+            let interface = crate::sys::interface_name(ifindex);
+            for a in attachments.iter().filter(|a| {
+                a.interface == interface
+                    && a.mode == AttachMode::Drv
+                    && a.requested_mode == AttachMode::Drv
+            }) {
+                let why = format!(
+                    "{rate:.0} XDP_ABORTED a second on {interface} in driver mode (over fallback_abort_rate {})",
+                    self.args.abort_rate
+                );
+                match ask(interfaces, "InterfaceSupervisor", |reply| {
+                    InterfacesMsg::Degrade {
+                        program_id: a.program_id.clone(),
+                        interface: interface.clone(),
+                        why: why.clone(),
+                        reply,
+                    }
+                })
+                .await
+                {
+                    Ok(Ok(())) => {
+                        *self
+                            .probes
+                            .entry((interface.clone(), "degraded_aborting".into()))
+                            .or_default() += 1;
+                    }
+                    Ok(Err(e)) | Err(e) => {
+                        warn!(program_id = %a.program_id, %interface, error = %e, "degrading an aborting attachment failed")
+                    }
+                }
+            }
+        }
+    }
+
     async fn tick(&mut self) {
         let Some(cell) = ractor::registry::where_is(self.args.interfaces.clone()) else {
             return;
@@ -112,6 +190,16 @@ impl FallbackState {
         };
         let interval = self.args.interval;
         let now = Instant::now();
+        if self.args.abort_rate > 0.0 {
+            self.watch_aborts(&interfaces, &attachments).await;
+        }
+        let Ok(attachments) = ask(&interfaces, "InterfaceSupervisor", |reply| {
+            InterfacesMsg::List { reply }
+        })
+        .await
+        else {
+            return;
+        };
         let degraded: Vec<(String, String, AttachMode)> = attachments
             .iter()
             .filter(|a| a.mode != a.requested_mode)
@@ -163,7 +251,7 @@ impl FallbackState {
                     warn!(%program_id, %interface, %requested, %why, next_probe_in = ?wait, "upgrade probe: the requested mode is still refused; staying in skb mode");
                     *self
                         .probes
-                        .entry((interface, "refused".into()))
+                        .entry((interface, "probe_refused".into()))
                         .or_default() += 1;
                 }
                 Ok(Err(e)) | Err(e) => {

@@ -66,6 +66,14 @@ pub enum InterfacesMsg {
         interface: String,
         reply: RpcReplyPort<Result<Result<AttachMode, String>, ApiError>>,
     },
+    /// Moves a driver-mode attachment to skb mode (the FallbackActor saw it abort too often);
+    /// the requested mode stays, so it shows as degraded and is probed back later.
+    Degrade {
+        program_id: String,
+        interface: String,
+        why: String,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
     /// What reconciling links at start found and did.
     Reconciliation {
         reply: RpcReplyPort<Vec<crate::api::ReconcileStep>>,
@@ -362,6 +370,20 @@ impl Actor for InterfaceSupervisor {
                     state.save();
                 }
             }
+            InterfacesMsg::Degrade {
+                program_id,
+                interface,
+                why,
+                reply,
+            } => {
+                let result = state
+                    .switch_mode(&myself, &program_id, &interface, AttachMode::Skb)
+                    .await;
+                if result.is_ok() {
+                    warn!(%program_id, %interface, %why, "degraded to skb mode");
+                }
+                let _ = reply.send(result.map(|_| ()));
+            }
             InterfacesMsg::ProbeUpgrade {
                 program_id,
                 interface,
@@ -591,6 +613,56 @@ impl InterfacesState {
         })?;
         self.children.insert(interface.to_string(), child.clone());
         Ok(child)
+    }
+
+    /// Moves an attachment to `mode`, keeping its requested mode.
+    async fn switch_mode(
+        &mut self,
+        myself: &ActorRef<InterfacesMsg>,
+        program_id: &str,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, ApiError> {
+        if !self
+            .attachments
+            .get(interface)
+            .is_some_and(|m| m.contains_key(program_id))
+        {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{program_id} is not attached to {interface}"),
+            ));
+        }
+        let child = self.child(myself, interface).await?;
+        let what = format!("AttachActor[{interface}]");
+        ask(&child, &what, |reply| AttachMsg::Release {
+            program_id: program_id.to_string(),
+            reply,
+        })
+        .await?;
+        let link = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::CreateLink {
+            program_id: program_id.to_string(),
+            interface: interface.to_string(),
+            mode: Some(mode),
+            reply,
+        })
+        .await??;
+        let actual = link.mode;
+        ask(&child, &what, |reply| AttachMsg::Adopt {
+            program_id: program_id.to_string(),
+            link: link.link,
+            reply,
+        })
+        .await?;
+        if let Some(m) = self
+            .attachments
+            .get_mut(interface)
+            .and_then(|m| m.get_mut(program_id))
+        {
+            m.mode = actual;
+        }
+        self.save();
+        Ok(actual)
     }
 
     async fn probe_upgrade(

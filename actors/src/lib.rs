@@ -50,4 +50,11 @@ pub mod builtin {
     /// there).
     pub static XDP_COUNT: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_count"));
+    /// ELF object of `xdp_exceptions` (ebpf-kern/src/bin/xdp_exceptions.rs).
+    pub static XDP_EXCEPTIONS: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_exceptions"));
+    /// ELF object of `xdp_abort_udp9` (ebpf-kern/src/bin/xdp_abort_udp9.rs): an example of a
+    /// faulty user program (it aborts UDP to port 9), for the fallback tests.
+    pub static XDP_ABORT_UDP9: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_abort_udp9"));
 }

@@ -74,6 +74,10 @@ pub enum LoaderMsg {
         map: String,
         reply: RpcReplyPort<Result<crate::mapread::MapEntries, ApiError>>,
     },
+    /// XDP_ABORTED returns per ifindex, as every loaded `xdp_exceptions` counted them.
+    XdpAborts {
+        reply: RpcReplyPort<BTreeMap<u32, u64>>,
+    },
     /// What every loaded `tcp_state` saw.
     Tcp { reply: RpcReplyPort<TcpReport> },
     /// Loads refused so far, and the latest reason.
@@ -385,6 +389,27 @@ impl Actor for LoaderActor {
             LoaderMsg::Explain { query, reply } => {
                 let _ = reply.send(state.explain(&query));
             }
+            LoaderMsg::XdpAborts { reply } => {
+                let mut aborts = BTreeMap::new();
+                for p in state
+                    .programs
+                    .values()
+                    .filter(|p| p.program_name == "xdp_exceptions")
+                {
+                    let Some(map) = p.ebpf.map(ebpf_shared::xdp_exceptions::XDP_ABORTS) else {
+                        continue;
+                    };
+                    let Ok(counts) =
+                        aya::maps::PerCpuHashMap::<&aya::maps::MapData, u32, u64>::try_from(map)
+                    else {
+                        continue;
+                    };
+                    for (ifindex, per_cpu) in counts.iter().flatten() {
+                        *aborts.entry(ifindex).or_default() += per_cpu.iter().sum::<u64>();
+                    }
+                }
+                let _ = reply.send(aborts);
+            }
             LoaderMsg::Reconciliation { reply } => {
                 let _ = reply.send(state.reconciliation.clone());
             }
@@ -506,6 +531,7 @@ fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
         "xdp_firewall" => Some((builtin::XDP_FIREWALL, "xdp_firewall")),
         "xdp_pass" => Some((builtin::XDP_PASS, "xdp_pass")),
         "tcp_state" => Some((builtin::TCP_STATE, "tcp_state")),
+        "xdp_exceptions" => Some((builtin::XDP_EXCEPTIONS, "xdp_exceptions")),
         _ => None,
     }
 }
@@ -1100,17 +1126,28 @@ impl LoaderState {
             }
         };
         loaded.map_err(|e| load_error(&what, e))?;
-        if wanted_program == Some("tcp_state") {
-            // A tracepoint has one place to attach: the probe is attached as it loads, and the
-            // link lives (and dies) with the loaded object.
+        // The built-in tracepoint programs have one place to attach: each is attached as it
+        // loads, and the link lives (and dies) with the loaded object.
+        let hook = match wanted_program {
+            Some("tcp_state") => Some(("sock", "inet_sock_set_state")),
+            Some("xdp_exceptions") => Some(("xdp", "xdp_exception")),
+            _ => None,
+        };
+        if let (Some((category, event)), Some(prog)) = (hook, wanted_program) {
             sys::ensure_tracefs().map_err(|m| ApiError::new(ErrorKind::Unsupported, m))?;
             let tracepoint: &mut aya::programs::TracePoint = program.try_into().map_err(|_| {
-                ApiError::new(ErrorKind::Internal, "tcp_state is not a tracepoint program")
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("{prog} is not a tracepoint program"),
+                )
             })?;
-            tracepoint.attach("sock", "inet_sock_set_state").map_err(|e| {
+            tracepoint.attach(category, event).map_err(|e| {
                 ApiError::new(
                     ErrorKind::Unsupported,
-                    format!("attaching tcp_state to the tracepoint sock/inet_sock_set_state failed: {}", sys::chain(&e)),
+                    format!(
+                        "attaching {prog} to the tracepoint {category}/{event} failed: {}",
+                        sys::chain(&e)
+                    ),
                 )
             })?;
         }

@@ -358,10 +358,17 @@ impl Daemon {
         } else {
             "enable_tcp_probe = false\n"
         };
+        // The XDP_ABORTED watch loads a program of its own (`xdp_exceptions`): only the tests
+        // about it turn it on, so that `programs` shows what each test loaded.
+        let abort_watch = if extra_config.contains("fallback_abort_rate") {
+            ""
+        } else {
+            "fallback_abort_rate = 0\n"
+        };
         std::fs::write(
             dir.path().join("ebpf.toml"),
             format!(
-                "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{tcp_probe}{extra_config}\n",
+                "socket_path = \"{}\"\npin_root = \"{}\"\nstate_dir = \"{}\"\nlog_file = \"{}\"\nprograms_dir = \"{}\"\n{tcp_probe}{abort_watch}{extra_config}\n",
                 socket.display(),
                 pin_root.display(),
                 dir.path().join("state").display(),

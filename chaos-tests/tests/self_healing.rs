@@ -394,8 +394,8 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
     wait_for("two refused probes", &daemon, || {
         sample(
             &daemon,
-            "ebpf_fallback_probes_total",
-            &[("interface", if_a), ("result", "refused")],
+            "ebpf_fallback_events_total",
+            &[("interface", if_a), ("event", "probe_refused")],
         ) >= 2.0
     });
     assert!(
@@ -424,8 +424,8 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
     assert_eq!(
         sample(
             &daemon,
-            "ebpf_fallback_probes_total",
-            &[("interface", if_a), ("result", "upgraded")],
+            "ebpf_fallback_events_total",
+            &[("interface", if_a), ("event", "upgraded")],
         ),
         1.0
     );
@@ -566,4 +566,79 @@ fn devices_without_native_xdp_degrade_to_skb_or_fail_clearly_with_fallback_off()
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_driver_mode_attachment_that_keeps_aborting_is_degraded_to_skb() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(
+        &hosts.a,
+        "auto_load_programs = false\nfallback_abort_rate = 50\nfallback_probe_interval_seconds = 600\nmonitoring_interval_seconds = 0.5\n",
+    );
+    // A faulty user program: it aborts UDP to port 9.
+    std::fs::write(
+        daemon.dir.path().join("programs/xdp_abort_udp9.o"),
+        actors::builtin::XDP_ABORT_UDP9,
+    )
+    .unwrap();
+    let id = daemon.cli_json(&["load", "xdp_abort_udp9"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attached = daemon.cli_json(&["attach", &id, &hosts.if_a, "--mode", "drv"]);
+    assert_eq!(attached["mode"], "drv", "{attached}");
+    let programs = daemon.cli_json(&["programs"]);
+    assert!(
+        programs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "xdp_exceptions"),
+        "the abort watch is loaded: {programs}"
+    );
+
+    // ~500 aborts a second for 2 s, well over 50.
+    let to = std::net::SocketAddrV4::new(hosts.ip_a, 9);
+    hosts.b.within(|| {
+        let s = std::net::UdpSocket::bind((hosts.ips_b[0], 0)).unwrap();
+        for _ in 0..1000 {
+            s.send_to(b"x", to).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let took = wait_for("the aborting attachment to degrade", &daemon, || {
+        let p = daemon.cli_json(&["programs"]);
+        p.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == id.as_str() && p["attachments"][0]["mode"] == "skb")
+    });
+    eprintln!("degraded {took:?} after the aborts stopped");
+    let p = daemon.cli_json(&["programs"]);
+    let ours = p
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(ours["attachments"][0]["requested_mode"], "drv", "{ours}");
+    assert!(
+        daemon.log_text().contains("XDP_ABORTED a second on"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        sample(
+            &daemon,
+            "ebpf_fallback_events_total",
+            &[
+                ("interface", hosts.if_a.as_str()),
+                ("event", "degraded_aborting")
+            ],
+        ),
+        1.0
+    );
+    wait_for("the xdp_mode_degraded alert", &daemon, || {
+        alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+    });
 }

@@ -167,6 +167,19 @@ pub struct FlowTableStats {
     pub packets: u64,
 }
 
+/// `xdp_exceptions`: the tracepoint `xdp/xdp_exception`, which the kernel fires when an XDP
+/// program returns XDP_ABORTED (or an action it cannot carry out).
+pub mod xdp_exceptions {
+    /// `LruPerCpuHashMap<u32, u64>`: ifindex → XDP_ABORTED returns seen there.
+    pub const XDP_ABORTS: &str = "XDP_ABORTS";
+    pub const ABORTS_MAX: u32 = 4096;
+    /// Offsets in the tracepoint's record (`events/xdp/xdp_exception/format`).
+    pub const OFF_ACT: usize = 12;
+    pub const OFF_IFINDEX: usize = 16;
+    /// XDP_ABORTED.
+    pub const ACT_ABORTED: u32 = 0;
+}
+
 /// Maps of `tcp_state`, the TCP connection probe (tracepoint `sock/inet_sock_set_state`).
 pub mod tcp {
     /// `LruHashMap<u64, u64>`: socket address → when it entered SYN_SENT (ns).

@@ -53,6 +53,9 @@ pub struct Config {
     /// How often a degraded (drv→skb) attachment is probed for driver mode again, at the
     /// least; refused probes double the wait (up to 32×).
     pub fallback_probe_interval_seconds: f64,
+    /// A driver-mode attachment whose interface sees more XDP_ABORTED returns a second than
+    /// this (tracepoint `xdp/xdp_exception`) is degraded to skb mode; 0 turns the watch off.
+    pub fallback_abort_rate: f64,
     pub enable_mapek_integration: bool,
     pub prometheus_port: u16,
     /// Address the metrics endpoint listens on (with `prometheus_port`).
@@ -90,6 +93,7 @@ impl Default for Config {
             enable_metrics_export: true,
             enable_dynamic_fallback: true,
             fallback_probe_interval_seconds: 60.0,
+            fallback_abort_rate: 100.0,
             enable_mapek_integration: true,
             prometheus_port: 9090,
             metrics_bind_address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -189,6 +193,16 @@ impl Config {
                 format!(
                     "{} bytes is too small: use at least 4096",
                     self.log_max_bytes
+                ),
+            ));
+        }
+        if !(self.fallback_abort_rate.is_finite() && self.fallback_abort_rate >= 0.0) {
+            return Err(invalid(
+                path,
+                "fallback_abort_rate",
+                format!(
+                    "must be 0 (off) or a positive number of aborts a second, not {}",
+                    self.fallback_abort_rate
                 ),
             ));
         }

@@ -228,6 +228,7 @@ async fn run(
         fallback_probe_interval: std::time::Duration::from_secs_f64(
             config.fallback_probe_interval_seconds,
         ),
+        fallback_abort_rate: config.fallback_abort_rate,
         flow_idle_timeout: std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
         auto_attach: (config.auto_load_programs && !config.interface.is_empty())
             .then(|| (config.interface.clone(), firewall.attach_mode)),

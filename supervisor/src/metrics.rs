@@ -37,7 +37,7 @@ pub const METRIC_NAMES: [&str; 17] = [
     "ebpf_errors_total",
     "ebpf_latency_microseconds",
     "ebpf_attach_mode",
-    "ebpf_fallback_probes_total",
+    "ebpf_fallback_events_total",
     "ebpf_supervisor_restarts_total",
     "ebpf_alerts_active",
 ];
@@ -512,20 +512,20 @@ async fn families(control: &Control) -> Result<Vec<MetricFamily>, actors::api::A
             .collect(),
     ));
     if let Some(fallback) = ActorRef::<FallbackMsg>::where_is(FALLBACK)
-        && let Ok(probes) = ask(&fallback, "FallbackActor", |reply| FallbackMsg::Probes {
+        && let Ok(probes) = ask(&fallback, "FallbackActor", |reply| FallbackMsg::Events {
             reply,
         })
         .await
     {
         families.push(family(
-            "ebpf_fallback_probes_total",
-            "Probes of the requested XDP mode for attachments degraded to skb, by result (upgraded, refused)",
+            "ebpf_fallback_events_total",
+            "FallbackActor events by interface: upgraded (back to the requested mode), probe_refused, degraded_aborting (too many XDP_ABORTED in driver mode)",
             MetricType::COUNTER,
             probes
                 .iter()
-                .map(|((interface, result), n)| {
+                .map(|((interface, event), n)| {
                     counter(
-                        &[("interface", interface.as_str()), ("result", result.as_str())],
+                        &[("interface", interface.as_str()), ("event", event.as_str())],
                         *n,
                     )
                 })

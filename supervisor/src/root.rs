@@ -42,6 +42,9 @@ pub struct StartupPlan {
     pub tcp_probe: bool,
     /// The FallbackActor's probe interval (with `fallback`).
     pub fallback_probe_interval: std::time::Duration,
+    /// XDP_ABORTED a second above which a drv attachment degrades; 0: not watched (and
+    /// `xdp_exceptions` not loaded).
+    pub fallback_abort_rate: f64,
     /// The FlowActor's read interval and idle timeout.
     pub flow_poll_interval: std::time::Duration,
     pub flow_idle_timeout: std::time::Duration,
@@ -244,7 +247,7 @@ fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
         }),
     });
     if plan.fallback {
-        let interval = plan.fallback_probe_interval;
+        let (interval, abort_rate) = (plan.fallback_probe_interval, plan.fallback_abort_rate);
         specs.push(ChildSpec {
             name: "FallbackActor".into(),
             restart: Restart::Permanent,
@@ -252,7 +255,9 @@ fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
                 Box::pin(async move {
                     let args = FallbackArgs {
                         interfaces: INTERFACES.into(),
+                        loader: LOADER.into(),
                         interval,
+                        abort_rate,
                     };
                     let (a, _) =
                         Actor::spawn_linked(Some(FALLBACK.into()), FallbackActor, args, sup)
@@ -267,24 +272,34 @@ fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
 
 impl RootState {
     async fn run_plan(&mut self) -> Result<(), ApiError> {
-        if self.plan.tcp_probe
-            && let Some(loader) = &ActorRef::<LoaderMsg>::where_is(LOADER)
-        {
+        // The built-in tracepoint programs the config asks for.
+        let probes = [
+            (
+                self.plan.tcp_probe,
+                "tcp_state",
+                "TCP probe loaded on sock/inet_sock_set_state",
+            ),
+            (
+                self.plan.fallback && self.plan.fallback_abort_rate > 0.0,
+                "xdp_exceptions",
+                "XDP_ABORTED watch loaded on xdp/xdp_exception",
+            ),
+        ];
+        if let Some(loader) = &ActorRef::<LoaderMsg>::where_is(LOADER) {
             let loaded = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
-            if !loaded.iter().any(|p| p.name == "tcp_state") {
+            for (wanted, name, what) in probes {
+                if !wanted || loaded.iter().any(|p| p.name == name) {
+                    continue;
+                }
                 match ask(loader, "LoaderActor", |reply| LoaderMsg::Load {
-                    name: "tcp_state".into(),
+                    name: name.into(),
                     mode: None,
                     reply,
                 })
                 .await?
                 {
-                    Ok(info) => {
-                        info!(program_id = %info.id, "TCP probe loaded on sock/inet_sock_set_state")
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "the TCP probe could not be loaded; tcp shows nothing")
-                    }
+                    Ok(info) => info!(program_id = %info.id, "{what}"),
+                    Err(e) => warn!(program = name, error = %e, "could not be loaded"),
                 }
             }
         }

@@ -227,6 +227,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
         tcp_probe: false,
         flow_poll_interval: Duration::from_secs(2),
         fallback_probe_interval: Duration::from_secs(60),
+        fallback_abort_rate: 0.0,
         flow_idle_timeout: Duration::from_secs(120),
         firewall: Default::default(),
         auto_attach: Some((veth.name.clone(), AttachMode::Skb)),
