@@ -40,6 +40,11 @@ pub struct FallbackArgs {
 
 pub enum FallbackMsg {
     Tick,
+    /// Probe every degraded attachment now, whatever its backoff (the MAPE-K loop's
+    /// `probe_upgrade`); answers what each probe found.
+    ProbeNow {
+        reply: RpcReplyPort<Vec<String>>,
+    },
     /// Mode changes and probes so far: (interface, "upgraded" | "probe_refused" |
     /// "degraded_aborting") → count.
     Events {
@@ -101,7 +106,12 @@ impl Actor for FallbackActor {
         state: &mut FallbackState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            FallbackMsg::Tick => state.tick().await,
+            FallbackMsg::Tick => {
+                state.tick(false).await;
+            }
+            FallbackMsg::ProbeNow { reply } => {
+                let _ = reply.send(state.tick(true).await);
+            }
             FallbackMsg::Events { reply } => {
                 let _ = reply.send(state.probes.clone());
             }
@@ -176,9 +186,12 @@ impl FallbackState {
         }
     }
 
-    async fn tick(&mut self) {
+    /// Watches aborts and probes the degraded attachments whose turn has come (all of them
+    /// with `now`); returns what the probes found.
+    async fn tick(&mut self, force: bool) -> Vec<String> {
+        let mut found = Vec::new();
         let Some(cell) = ractor::registry::where_is(self.args.interfaces.clone()) else {
-            return;
+            return found;
         };
         let interfaces: ActorRef<InterfacesMsg> = cell.into();
         let Ok(attachments) = ask(&interfaces, "InterfaceSupervisor", |reply| {
@@ -186,7 +199,7 @@ impl FallbackState {
         })
         .await
         else {
-            return;
+            return found;
         };
         let interval = self.args.interval;
         let now = Instant::now();
@@ -198,7 +211,7 @@ impl FallbackState {
         })
         .await
         else {
-            return;
+            return found;
         };
         let degraded: Vec<(String, String, AttachMode)> = attachments
             .iter()
@@ -223,7 +236,7 @@ impl FallbackState {
                     next_probe: now + backoff(interval, refused),
                 }
             });
-            if now < entry.next_probe {
+            if now < entry.next_probe && !force {
                 continue;
             }
             let probe = ask(&interfaces, "InterfaceSupervisor", |reply| {
@@ -237,6 +250,9 @@ impl FallbackState {
             match probe {
                 Ok(Ok(Ok(mode))) => {
                     info!(%program_id, %interface, %mode, probes_refused = entry.refused, "upgrade probe: the requested mode works again");
+                    found.push(format!(
+                        "{program_id} on {interface}: upgraded back to {mode} mode"
+                    ));
                     self.upgraded.insert(key.clone(), (now, entry.refused));
                     self.degraded.remove(&key);
                     *self
@@ -249,6 +265,9 @@ impl FallbackState {
                     let wait = backoff(interval, entry.refused);
                     entry.next_probe = Instant::now() + wait;
                     warn!(%program_id, %interface, %requested, %why, next_probe_in = ?wait, "upgrade probe: the requested mode is still refused; staying in skb mode");
+                    found.push(format!(
+                        "{program_id} on {interface}: {requested} mode still refused ({why})"
+                    ));
                     *self
                         .probes
                         .entry((interface, "probe_refused".into()))
@@ -260,6 +279,7 @@ impl FallbackState {
                 }
             }
         }
+        found
     }
 }
 

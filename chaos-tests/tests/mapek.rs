@@ -178,3 +178,55 @@ fn the_loop_can_be_turned_off() {
         "{human}"
     );
 }
+
+#[test]
+fn a_lasting_degrade_gets_an_upgrade_probe_from_the_loop() {
+    let hosts = TwoHosts::new();
+    // veth refuses native XDP while its peer's MTU is too large for XDP frames.
+    hosts
+        .b
+        .exec(&["ip", "link", "set", &hosts.if_b, "mtu", "9000"]);
+    // The FallbackActor's own first probe would come after 10 minutes: any earlier upgrade is
+    // the loop's doing.
+    let config = format!(
+        "interface = \"{}\"\nmonitoring_interval_seconds = 0.5\nfallback_probe_interval_seconds = 600\n[programs.xdp_firewall]\nattach_mode = \"drv\"\n",
+        hosts.if_a
+    );
+    let daemon = Daemon::start(&hosts.a, &config);
+    let programs = daemon.wait_attached();
+    assert_eq!(programs[0]["attachments"][0]["mode"], "skb", "{programs}");
+    let key = "xdp_mode_degraded";
+    wait_for(&daemon, "a refused upgrade probe", |h| {
+        h.iter().any(|e| {
+            e["symptom"] == key
+                && e["action"] == "probe_upgrade"
+                && e["detail"].as_str().unwrap().contains("still refused")
+        })
+    });
+    // The cause goes away; the loop's next probe upgrades.
+    hosts
+        .b
+        .exec(&["ip", "link", "set", &hosts.if_b, "mtu", "1500"]);
+    let h = wait_for(&daemon, "an upgrade by the loop's probe", |h| {
+        h.iter().any(|e| {
+            e["action"] == "probe_upgrade"
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("upgraded back to drv mode")
+                && e["outcome"] == "resolved"
+        })
+    });
+    let steps: Vec<&str> = h
+        .iter()
+        .filter(|e| e["symptom"] == key)
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["observe", "observe", "probe_upgrade", "probe_upgrade"],
+        "{h:#?}"
+    );
+    let programs = daemon.cli_json(&["programs"]);
+    assert_eq!(programs[0]["attachments"][0]["mode"], "drv", "{programs}");
+}

@@ -24,7 +24,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::control::Control;
-use crate::root::{FLOWS, INTERFACES};
+use crate::root::{FALLBACK, FLOWS, INTERFACES};
+use actors::fallback::FallbackMsg;
 
 pub const MAPEK: &str = "x0tta6bl4.mapek";
 const FILE: &str = "mapek-knowledge.json";
@@ -53,6 +54,8 @@ pub enum Symptom {
     RestartsRising {
         restarts: u64,
     },
+    /// An attachment runs in skb mode though drv was requested (the `xdp_mode_degraded` alert).
+    ModeDegraded,
     /// An active alert with no remedy of its own (`high_latency`, `drop_rate`, …).
     Alert {
         id: String,
@@ -66,6 +69,7 @@ impl Symptom {
             Symptom::FlowTablePressure { program, .. } => format!("flow_table_pressure:{program}"),
             Symptom::AttachmentLost { interface, .. } => format!("attachment_lost:{interface}"),
             Symptom::RestartsRising { .. } => "restarts_rising".into(),
+            Symptom::ModeDegraded => "xdp_mode_degraded".into(),
             Symptom::Alert { id } => format!("alert:{id}"),
         }
     }
@@ -79,6 +83,8 @@ pub enum Action {
     RetryAttachment {
         interface: String,
     },
+    /// Ask the FallbackActor to probe driver mode now, ahead of its backoff.
+    ProbeUpgrade,
     /// The loop has no (more) remedy: say what a person should do.
     Escalate {
         advice: String,
@@ -92,6 +98,7 @@ impl Action {
         match self {
             Action::AgeOutFlows { .. } => "age_out_flows",
             Action::RetryAttachment { .. } => "retry_attachment",
+            Action::ProbeUpgrade => "probe_upgrade",
             Action::Escalate { .. } => "escalate",
             Action::Observe => "observe",
         }
@@ -146,6 +153,15 @@ impl Policy {
                     ),
                 },
             ],
+            // The FallbackActor probes on its own backoff; if the loop still sees the degrade
+            // after watching a while, it asks for a probe now, then hands over to a person.
+            Symptom::ModeDegraded => vec![
+                Action::Observe,
+                Action::ProbeUpgrade,
+                Action::Escalate {
+                    advice: "an attachment stays in skb mode though drv was requested: the driver keeps refusing native XDP; see the log for its reason".into(),
+                },
+            ],
             Symptom::Alert { .. } => vec![Action::Observe],
         }
     }
@@ -181,11 +197,11 @@ pub fn plan(symptoms: &[Symptom], history: &[MapekEntry], policy: &Policy) -> Ve
             let failed = recent.iter().filter(|e| e.outcome == "persisted").count();
             let step = (failed / TRIES_PER_STEP).min(ladder.len() - 1);
             let action = ladder[step].clone();
-            // Observing or escalating again says nothing new: hold.
-            let repeat = recent
-                .first()
-                .is_some_and(|last| last.action == action.name())
-                && matches!(action, Action::Observe | Action::Escalate { .. });
+            // At the top of its ladder, doing the same again says nothing new: hold.
+            let repeat = step == ladder.len() - 1
+                && recent
+                    .first()
+                    .is_some_and(|last| last.action == action.name());
             let reason = if repeat {
                 format!("{} already; holding while it persists", action.name())
             } else if step == 0 && failed == 0 {
@@ -281,9 +297,11 @@ pub fn analyze(seen: &Observation, last_restarts: Option<u64>, before: &[String]
         });
     }
     for id in &seen.alerts {
-        // These have symptoms of their own, with remedies.
-        if !["map_memory", "attach_failure"].contains(&id.as_str()) {
-            symptoms.push(Symptom::Alert { id: id.clone() });
+        match id.as_str() {
+            // These have symptoms of their own, with remedies.
+            "map_memory" | "attach_failure" => {}
+            "xdp_mode_degraded" => symptoms.push(Symptom::ModeDegraded),
+            _ => symptoms.push(Symptom::Alert { id: id.clone() }),
         }
     }
     symptoms
@@ -438,6 +456,20 @@ impl MapekState {
                     None => "the InterfaceSupervisor is restarting".into(),
                 }
             }
+            Action::ProbeUpgrade => match ActorRef::<FallbackMsg>::where_is(FALLBACK) {
+                Some(fallback) => {
+                    match ask(&fallback, "FallbackActor", |reply| FallbackMsg::ProbeNow {
+                        reply,
+                    })
+                    .await
+                    {
+                        Ok(found) if found.is_empty() => "nothing degraded to probe".into(),
+                        Ok(found) => found.join("; "),
+                        Err(e) => format!("the FallbackActor did not answer: {e}"),
+                    }
+                }
+                None => "no FallbackActor (enable_dynamic_fallback is off)".into(),
+            },
             Action::Escalate { advice } => {
                 warn!(%advice, "MAPE-K escalates");
                 advice.clone()
@@ -573,6 +605,59 @@ mod tests {
         );
     }
 
+    /// The actions a symptom that never clears gets, cycle after cycle (`None`: holding).
+    fn ladder_walk(symptom: &Symptom, cycles: usize) -> Vec<Option<&'static str>> {
+        let mut history = Vec::new();
+        (0..cycles)
+            .map(|_| {
+                let d = plan(std::slice::from_ref(symptom), &history, &policy()).remove(0);
+                d.record.then(|| {
+                    history.push(entry(&symptom.key(), d.action.name(), "persisted"));
+                    d.action.name()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_ladder_climbs_to_its_top_and_holds() {
+        assert_eq!(
+            ladder_walk(&Symptom::ModeDegraded, 7),
+            [
+                Some("observe"),
+                Some("observe"),
+                Some("probe_upgrade"),
+                Some("probe_upgrade"),
+                Some("escalate"),
+                None,
+                None
+            ]
+        );
+        assert_eq!(
+            ladder_walk(&Symptom::RestartsRising { restarts: 3 }, 5),
+            [
+                Some("observe"),
+                Some("observe"),
+                Some("escalate"),
+                None,
+                None
+            ]
+        );
+        let lost = Symptom::AttachmentLost {
+            interface: "eth0".into(),
+            why: "deleted".into(),
+        };
+        assert_eq!(
+            ladder_walk(&lost, 4),
+            [
+                Some("retry_attachment"),
+                Some("retry_attachment"),
+                Some("escalate"),
+                None
+            ]
+        );
+    }
+
     #[test]
     fn a_resolved_symptom_starts_from_the_bottom_again() {
         let key = pressure().key();
@@ -629,7 +714,11 @@ mod tests {
             flow_tables: vec![("fw-1".into(), 900, 1024), ("fw-2".into(), 10, 1024)],
             lost: [("eth0".to_string(), "deleted".to_string())].into(),
             restarts: 3,
-            alerts: vec!["map_memory".into(), "drop_rate".into()],
+            alerts: vec![
+                "map_memory".into(),
+                "drop_rate".into(),
+                "xdp_mode_degraded".into(),
+            ],
         };
         let keys: Vec<String> = analyze(&seen, Some(2), &[])
             .iter()
@@ -641,11 +730,12 @@ mod tests {
                 "flow_table_pressure:fw-1",
                 "attachment_lost:eth0",
                 "restarts_rising",
-                "alert:drop_rate"
+                "alert:drop_rate",
+                "xdp_mode_degraded"
             ]
         );
-        assert_eq!(analyze(&seen, Some(3), &[]).len(), 3, "restarts steady");
-        assert_eq!(analyze(&seen, None, &[]).len(), 3, "no baseline yet");
+        assert_eq!(analyze(&seen, Some(3), &[]).len(), 4, "restarts steady");
+        assert_eq!(analyze(&seen, None, &[]).len(), 4, "no baseline yet");
         // Hysteresis: 75% full raises nothing, but keeps a table already under pressure so.
         let at_75 = Observation {
             flow_tables: vec![("fw-1".into(), 768, 1024)],
