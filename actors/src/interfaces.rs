@@ -378,7 +378,15 @@ impl Actor for InterfaceSupervisor {
             } => {
                 let result = state
                     .switch_mode(&myself, &program_id, &interface, AttachMode::Skb)
-                    .await;
+                    .await
+                    .and_then(|outcome| {
+                        outcome.map_err(|refused| {
+                            ApiError::new(
+                                ErrorKind::Unsupported,
+                                format!("{interface} refused skb mode ({refused}); {program_id} stays in driver mode"),
+                            )
+                        })
+                    });
                 if result.is_ok() {
                     warn!(%program_id, %interface, %why, "degraded to skb mode");
                 }
@@ -615,76 +623,27 @@ impl InterfacesState {
         Ok(child)
     }
 
-    /// Moves an attachment to `mode`, keeping its requested mode.
+    /// Moves an attachment to `mode`, keeping its requested mode: its link comes off and one
+    /// in `mode` goes on. When the interface refuses `mode`, the attachment goes back to its
+    /// mode before and the answer is `Ok(Err(why))`.
     async fn switch_mode(
         &mut self,
         myself: &ActorRef<InterfacesMsg>,
         program_id: &str,
         interface: &str,
         mode: AttachMode,
-    ) -> Result<AttachMode, ApiError> {
-        if !self
-            .attachments
-            .get(interface)
-            .is_some_and(|m| m.contains_key(program_id))
-        {
-            return Err(ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("{program_id} is not attached to {interface}"),
-            ));
-        }
-        let child = self.child(myself, interface).await?;
-        let what = format!("AttachActor[{interface}]");
-        ask(&child, &what, |reply| AttachMsg::Release {
-            program_id: program_id.to_string(),
-            reply,
-        })
-        .await?;
-        let link = ask(&self.loader, "LoaderActor", |reply| LoaderMsg::CreateLink {
-            program_id: program_id.to_string(),
-            interface: interface.to_string(),
-            mode: Some(mode),
-            reply,
-        })
-        .await??;
-        let actual = link.mode;
-        ask(&child, &what, |reply| AttachMsg::Adopt {
-            program_id: program_id.to_string(),
-            link: link.link,
-            reply,
-        })
-        .await?;
-        if let Some(m) = self
-            .attachments
-            .get_mut(interface)
-            .and_then(|m| m.get_mut(program_id))
-        {
-            m.mode = actual;
-        }
-        self.save();
-        Ok(actual)
-    }
-
-    async fn probe_upgrade(
-        &mut self,
-        myself: &ActorRef<InterfacesMsg>,
-        program_id: &str,
-        interface: &str,
     ) -> Result<Result<AttachMode, String>, ApiError> {
-        let Some(a) = self
+        let Some(before) = self
             .attachments
             .get(interface)
             .and_then(|m| m.get(program_id))
-            .cloned()
+            .map(|a| a.mode)
         else {
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
                 format!("{program_id} is not attached to {interface}"),
             ));
         };
-        if a.mode == a.requested_mode {
-            return Ok(Ok(a.mode));
-        }
         let child = self.child(myself, interface).await?;
         let what = format!("AttachActor[{interface}]");
         ask(&child, &what, |reply| AttachMsg::Release {
@@ -702,17 +661,14 @@ impl InterfacesState {
                 }
             })
         };
-        let (link, outcome) = match create(a.requested_mode).await? {
+        let (link, outcome) = match create(mode).await? {
             Ok(link) => {
-                info!(%program_id, %interface, mode = %a.requested_mode, "the driver takes native XDP again: upgraded back from skb mode");
-                (link, Ok(a.requested_mode))
+                let now = link.mode;
+                (link, Ok(now))
             }
-            Err(refused) => {
-                let link = create(a.mode).await??;
-                (link, Err(refused.message))
-            }
+            Err(refused) => (create(before).await??, Err(refused.message)),
         };
-        let mode = link.mode;
+        let actual = link.mode;
         ask(&child, &what, |reply| AttachMsg::Adopt {
             program_id: program_id.to_string(),
             link: link.link,
@@ -724,10 +680,40 @@ impl InterfacesState {
             .get_mut(interface)
             .and_then(|m| m.get_mut(program_id))
         {
-            m.mode = mode;
+            m.mode = actual;
         }
         self.save();
         Ok(outcome)
+    }
+
+    /// Tries the requested mode again for a degraded attachment (`ProbeUpgrade`).
+    async fn probe_upgrade(
+        &mut self,
+        myself: &ActorRef<InterfacesMsg>,
+        program_id: &str,
+        interface: &str,
+    ) -> Result<Result<AttachMode, String>, ApiError> {
+        let attachment = self
+            .attachments
+            .get(interface)
+            .and_then(|m| m.get(program_id))
+            .cloned();
+        match attachment {
+            Some(a) if a.mode == a.requested_mode => Ok(Ok(a.mode)),
+            Some(a) => {
+                let outcome = self
+                    .switch_mode(myself, program_id, interface, a.requested_mode)
+                    .await?;
+                if outcome.is_ok() {
+                    info!(%program_id, %interface, mode = %a.requested_mode, "the driver takes native XDP again: upgraded back from skb mode");
+                }
+                Ok(outcome)
+            }
+            None => Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("{program_id} is not attached to {interface}"),
+            )),
+        }
     }
 
     /// After restoring: removes link pins of ours that no saved attachment wants (they would

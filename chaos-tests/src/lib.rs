@@ -502,6 +502,30 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("CLI --json output is JSON")
     }
 
+    /// The samples of metric `name` (from `metrics --json`) whose labels include every pair
+    /// of `labels`, summed; `None` when there is none.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let snapshot = self.cli_json(&["metrics"]);
+        let values: Vec<f64> = snapshot["samples"]
+            .as_array()
+            .expect("metrics --json has samples")
+            .iter()
+            .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .filter_map(|s| s["value"].as_f64())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// The ids of the active alerts.
+    pub fn alert_ids(&self) -> Vec<String> {
+        self.cli_json(&["alerts"])
+            .as_array()
+            .expect("alerts --json is a list")
+            .iter()
+            .filter_map(|a| a["id"].as_str().map(String::from))
+            .collect()
+    }
+
     /// SIGKILL: the daemon dies on the spot, as in a crash or an OOM kill.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("daemon already stopped");

@@ -5,23 +5,13 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::{Daemon, TwoHosts};
 
-fn active(daemon: &Daemon) -> Vec<String> {
-    daemon
-        .cli_json(&["alerts"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Polls until every alert in `ids` has been active at some point (an alert for one interval
 /// of 0.5 s may come and go between two looks at it together).
 fn wait_seen(daemon: &Daemon, ids: &[&str]) {
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !ids.iter().all(|id| seen.contains(*id)) {
-        seen.extend(active(daemon));
+        seen.extend(daemon.alert_ids());
         assert!(
             Instant::now() < deadline,
             "{ids:?} should fire; seen: {seen:?}\n{}",
@@ -38,7 +28,7 @@ fn wait_until(
 ) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = active(daemon);
+        let now = daemon.alert_ids();
         if holds(&now) {
             return now;
         }

@@ -9,17 +9,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The value of the sample of `name` whose labels include every pair of `labels`.
-fn sample(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let snapshot = daemon.cli_json(&["metrics"]);
-    snapshot["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
-        .map(|s| s["value"].as_f64().unwrap())
-}
-
 #[test]
 fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {
     let hosts = TwoHosts::new();
@@ -68,13 +57,10 @@ fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {
     let if_a = hosts.if_a.as_str();
     let udp = [("interface", if_a), ("protocol", "17")];
     let icmp = [("interface", if_a), ("protocol", "1")];
-    assert_eq!(sample(&daemon, "ebpf_custom_packets", &udp), Some(10.0));
-    assert_eq!(sample(&daemon, "ebpf_custom_packets", &icmp), Some(3.0));
-    assert_eq!(sample(&daemon, "ebpf_custom_bytes", &udp), Some(1000.0));
-    assert_eq!(
-        sample(&daemon, "ebpf_custom_bytes", &icmp),
-        Some(3.0 * 98.0)
-    );
+    assert_eq!(daemon.metric("ebpf_custom_packets", &udp), Some(10.0));
+    assert_eq!(daemon.metric("ebpf_custom_packets", &icmp), Some(3.0));
+    assert_eq!(daemon.metric("ebpf_custom_bytes", &udp), Some(1000.0));
+    assert_eq!(daemon.metric("ebpf_custom_bytes", &icmp), Some(3.0 * 98.0));
 
     let text =
         String::from_utf8(daemon.cli(&["metrics", "--format", "prometheus"]).stdout).unwrap();
@@ -150,12 +136,12 @@ fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {
     let list = daemon.cli_json(&["metrics", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     hosts.send_udp(sender, 7000, 4, 58);
-    assert_eq!(sample(&daemon, "ebpf_custom_packets", &udp), Some(4.0));
+    assert_eq!(daemon.metric("ebpf_custom_packets", &udp), Some(4.0));
 
     // Removed; removing again says what exists.
     let left = daemon.cli_json(&["metrics", "remove", "ebpf_custom_packets"]);
     assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
-    assert_eq!(sample(&daemon, "ebpf_custom_packets", &udp), None);
+    assert_eq!(daemon.metric("ebpf_custom_packets", &udp), None);
     let out = daemon.cli(&["metrics", "remove", "ebpf_custom_packets"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -168,7 +154,7 @@ fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {
     // Its program unloaded: the metric stays defined, is not served, and `list` says why.
     daemon.cli(&["detach", &id, &hosts.if_a]);
     daemon.cli_json(&["unload", &id]);
-    assert_eq!(sample(&daemon, "ebpf_custom_bytes", &udp), None);
+    assert_eq!(daemon.metric("ebpf_custom_bytes", &udp), None);
     let list: Value = daemon.cli_json(&["metrics", "list"]);
     assert!(
         list[0]["problem"]

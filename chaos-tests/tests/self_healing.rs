@@ -329,26 +329,6 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     assert_eq!(last.trim(), "STOPPING=1");
 }
 
-fn sample(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
-    daemon.cli_json(&["metrics"])["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
-        .map(|s| s["value"].as_f64().unwrap())
-        .sum()
-}
-
-fn alert_ids(daemon: &Daemon) -> Vec<String> {
-    daemon
-        .cli_json(&["alerts"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_takes_it() {
     let hosts = TwoHosts::new();
@@ -372,12 +352,13 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
     );
     assert!(daemon.log_text().contains("degrading to skb mode"));
     wait_for("the xdp_mode_degraded alert", &daemon, || {
-        alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+        daemon
+            .alert_ids()
+            .contains(&"xdp_mode_degraded".to_string())
     });
     let if_a = hosts.if_a.as_str();
     assert_eq!(
-        sample(
-            &daemon,
+        daemon.metric(
             "ebpf_attach_mode",
             &[
                 ("interface", if_a),
@@ -385,18 +366,20 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
                 ("requested_mode", "drv")
             ]
         ),
-        1.0
+        Some(1.0)
     );
     assert_eq!(hosts.ping(denied, 2), 0, "degraded, and still the firewall");
     assert_eq!(hosts.ping(allowed, 2), 2);
 
     // Probes while the cause lasts are refused, and spaced further apart each time.
     wait_for("two refused probes", &daemon, || {
-        sample(
-            &daemon,
-            "ebpf_fallback_events_total",
-            &[("interface", if_a), ("event", "probe_refused")],
-        ) >= 2.0
+        daemon
+            .metric(
+                "ebpf_fallback_events_total",
+                &[("interface", if_a), ("event", "probe_refused")],
+            )
+            .unwrap_or(0.0)
+            >= 2.0
     });
     assert!(
         daemon
@@ -422,16 +405,14 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        sample(
-            &daemon,
+        daemon.metric(
             "ebpf_fallback_events_total",
             &[("interface", if_a), ("event", "upgraded")],
         ),
-        1.0
+        Some(1.0)
     );
     assert_eq!(
-        sample(
-            &daemon,
+        daemon.metric(
             "ebpf_attach_mode",
             &[
                 ("interface", if_a),
@@ -439,10 +420,12 @@ fn a_refused_driver_mode_degrades_visibly_and_upgrades_back_when_the_driver_take
                 ("requested_mode", "drv")
             ]
         ),
-        1.0
+        Some(1.0)
     );
     wait_for("the alert to clear", &daemon, || {
-        !alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+        !daemon
+            .alert_ids()
+            .contains(&"xdp_mode_degraded".to_string())
     });
     assert_eq!(hosts.ping(denied, 2), 0, "upgraded, and still the firewall");
     assert_eq!(hosts.ping(allowed, 2), 2);
@@ -628,17 +611,18 @@ fn a_driver_mode_attachment_that_keeps_aborting_is_degraded_to_skb() {
         daemon.log_text()
     );
     assert_eq!(
-        sample(
-            &daemon,
+        daemon.metric(
             "ebpf_fallback_events_total",
             &[
                 ("interface", hosts.if_a.as_str()),
                 ("event", "degraded_aborting")
             ],
         ),
-        1.0
+        Some(1.0)
     );
     wait_for("the xdp_mode_degraded alert", &daemon, || {
-        alert_ids(&daemon).contains(&"xdp_mode_degraded".to_string())
+        daemon
+            .alert_ids()
+            .contains(&"xdp_mode_degraded".to_string())
     });
 }
