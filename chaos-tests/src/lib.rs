@@ -585,6 +585,54 @@ impl Drop for Daemon {
     }
 }
 
+/// Attaches `object`'s XDP program to `interface` in `ns` the way other tools do (netlink,
+/// generic mode), as a program this daemon does not manage: loaded and attached with bpftool
+/// through a temporary pin, which is removed (the attachment holds the program). Returns the
+/// program's kernel id. (iproute2's `ip link … obj` would do too, but leaves its pinning
+/// directories in bpffs.)
+pub fn attach_foreign_xdp(ns: &NetNs, interface: &str, object: &[u8]) -> u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("foreign.o");
+    std::fs::write(&file, object).expect("write the object");
+    let pin = PathBuf::from(format!("/sys/fs/bpf/{}", unique("foreign")));
+    run(Command::new("bpftool").args([
+        "prog",
+        "load",
+        file.to_str().unwrap(),
+        pin.to_str().unwrap(),
+        "type",
+        "xdp",
+    ]));
+    let attached = ns
+        .command("bpftool")
+        .args([
+            "net",
+            "attach",
+            "xdpgeneric",
+            "pinned",
+            pin.to_str().unwrap(),
+            "dev",
+            interface,
+        ])
+        .output()
+        .expect("run bpftool");
+    let shown = run(Command::new("bpftool").args([
+        "--json",
+        "prog",
+        "show",
+        "pinned",
+        pin.to_str().unwrap(),
+    ]));
+    let _ = std::fs::remove_file(&pin);
+    assert!(
+        attached.status.success(),
+        "bpftool net attach: {}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    let prog: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("bpftool --json");
+    prog["id"].as_u64().expect("a program id")
+}
+
 /// Whether the kernel still has a program with this id (`bpftool prog show`).
 pub fn kernel_has_program(id: u64) -> bool {
     bpftool_ids(&["prog", "show"], "id").contains(&id)

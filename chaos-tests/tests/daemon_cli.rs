@@ -633,22 +633,10 @@ fn a_foreign_xdp_program_is_a_conflict_unless_forced() {
     let hosts = TwoHosts::new();
     let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
     // Attached the old way (netlink), as `ip link` and libxdp do.
-    let object = daemon.dir.path().join("other.o");
-    std::fs::write(&object, actors::builtin::XDP_PASS).unwrap();
-    let out = hosts.a.exec(&[
-        "ip",
-        "link",
-        "set",
-        "dev",
-        &hosts.if_a,
-        "xdpgeneric",
-        "obj",
-        object.to_str().unwrap(),
-        "sec",
-        "xdp",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let theirs = xdp_program_on(&hosts.a, &hosts.if_a).expect("ip attached xdp_pass");
+    let attached =
+        chaos_tests::attach_foreign_xdp(&hosts.a, &hosts.if_a, actors::builtin::XDP_PASS);
+    let theirs = xdp_program_on(&hosts.a, &hosts.if_a).expect("xdp_pass attached");
+    assert_eq!(theirs, attached);
 
     let loaded = daemon.cli_json(&["load", "xdp_firewall"]);
     let id = loaded["id"].as_str().unwrap();

@@ -88,28 +88,10 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         "name",
         "orphan",
     ]));
-    let object = daemon.dir.path().join("other.o");
-    std::fs::write(&object, actors::builtin::XDP_PASS).unwrap();
     hosts.a.exec(&[
         "ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1",
     ]);
-    let out = hosts.a.exec(&[
-        "ip",
-        "link",
-        "set",
-        "dev",
-        "fx0",
-        "xdpgeneric",
-        "obj",
-        object.to_str().unwrap(),
-        "sec",
-        "xdp",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    chaos_tests::attach_foreign_xdp(&hosts.a, "fx0", actors::builtin::XDP_PASS);
 
     // The next daemon adopts what it finds: same id, same link, counters carry on.
     daemon.start_again(&hosts.a);

@@ -213,6 +213,9 @@ async fn run(
     fault_injection: bool,
 ) -> anyhow::Result<()> {
     host::check_privileges()?;
+    // Before anything is started: a SIGTERM during start-up must stop the daemon cleanly, not
+    // kill it with the default action.
+    let signals = Signals::install()?;
     actors::sys::ensure_pin_root(&config.pin_root).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
@@ -303,7 +306,7 @@ async fn run(
     });
 
     let gave_up = tokio::select! {
-        signal = wait_for_signal() => {
+        signal = signals.wait() => {
             signal?;
             false
         }
@@ -452,13 +455,26 @@ fn services(config: &Config, control: &Control) -> SupervisorArgs {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
+/// SIGTERM and SIGINT, caught from the moment `install` returns.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM"),
+            _ = self.int.recv() => info!("SIGINT"),
+        }
+        Ok(())
+    }
 }
