@@ -121,30 +121,32 @@ impl Actor for FallbackActor {
 }
 
 impl FallbackState {
-    /// Degrades driver-mode attachments on interfaces aborting faster than `abort_rate`.
+    /// Degrades driver-mode attachments on interfaces aborting faster than `abort_rate`;
+    /// `true` when it degraded one.
     async fn watch_aborts(
         &mut self,
         interfaces: &ActorRef<InterfacesMsg>,
         attachments: &[crate::api::Attachment],
-    ) {
-        let Some(cell) = ractor::registry::where_is(self.args.loader.clone()) else {
-            return;
+    ) -> bool {
+        let mut degraded = false;
+        let Some(loader) = ActorRef::<crate::loader::LoaderMsg>::where_is(self.args.loader.clone())
+        else {
+            return degraded;
         };
-        let loader: ActorRef<crate::loader::LoaderMsg> = cell.into();
         let Ok(now_counts) = ask(&loader, "LoaderActor", |reply| {
             crate::loader::LoaderMsg::XdpAborts { reply }
         })
         .await
         else {
-            return;
+            return degraded;
         };
         let now = Instant::now();
         let Some((then, before)) = self.aborts.replace((now, now_counts.clone())) else {
-            return;
+            return degraded;
         };
         let secs = now.duration_since(then).as_secs_f64();
         if secs <= 0.0 {
-            return;
+            return degraded;
         }
         for (ifindex, count) in now_counts {
             let rate =
@@ -173,6 +175,7 @@ impl FallbackState {
                 .await
                 {
                     Ok(Ok(())) => {
+                        degraded = true;
                         *self
                             .probes
                             .entry((interface.clone(), "degraded_aborting".into()))
@@ -184,35 +187,34 @@ impl FallbackState {
                 }
             }
         }
+        degraded
     }
 
     /// Watches aborts and probes the degraded attachments whose turn has come (all of them
     /// with `now`); returns what the probes found.
     async fn tick(&mut self, force: bool) -> Vec<String> {
         let mut found = Vec::new();
-        let Some(cell) = ractor::registry::where_is(self.args.interfaces.clone()) else {
+        let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(self.args.interfaces.clone())
+        else {
             return found;
         };
-        let interfaces: ActorRef<InterfacesMsg> = cell.into();
-        let Ok(attachments) = ask(&interfaces, "InterfaceSupervisor", |reply| {
-            InterfacesMsg::List { reply }
-        })
-        .await
-        else {
+        let list = || {
+            ask(&interfaces, "InterfaceSupervisor", |reply| {
+                InterfacesMsg::List { reply }
+            })
+        };
+        let Ok(mut attachments) = list().await else {
             return found;
         };
         let interval = self.args.interval;
         let now = Instant::now();
-        if self.args.abort_rate > 0.0 {
-            self.watch_aborts(&interfaces, &attachments).await;
+        // Degrading changes modes: then the list is read again.
+        if self.args.abort_rate > 0.0 && self.watch_aborts(&interfaces, &attachments).await {
+            let Ok(now_attached) = list().await else {
+                return found;
+            };
+            attachments = now_attached;
         }
-        let Ok(attachments) = ask(&interfaces, "InterfaceSupervisor", |reply| {
-            InterfacesMsg::List { reply }
-        })
-        .await
-        else {
-            return found;
-        };
         let degraded: Vec<(String, String, AttachMode)> = attachments
             .iter()
             .filter(|a| a.mode != a.requested_mode)

@@ -6,9 +6,11 @@
 //! runs on a blocking thread, which replies to the queries itself: neither this actor nor the
 //! tokio workers the other actors run on wait for a table of a million flows.
 //!
-//! A query is answered by the first read that *starts after it arrives*, so what it shows
-//! includes every packet counted before it was asked; queries that arrive while a read is
-//! under way share the next one.
+//! A query for flows is answered by the first read that *starts after it arrives*, so what
+//! it shows includes every packet counted before it was asked; queries that arrive while a
+//! read is under way share the next one. `Tables`, the bookkeeping alone (the alerts and the
+//! MAPE-K loop ask it every monitoring interval), is answered from the last timed read while
+//! that is younger than `interval`, so they do not each read a table of a million flows again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -44,6 +46,8 @@ pub enum FlowMsg {
         query: FlowQuery,
         reply: RpcReplyPort<FlowList>,
     },
+    /// The tables' bookkeeping (no flows) as of a read at most `interval` old.
+    Tables { reply: RpcReplyPort<FlowList> },
     /// A read finished; the snapshot comes back to the actor.
     Read(Box<Snapshot>),
     /// Remove flows idle longer than `idle` at the next read (not only after `idle_timeout`);
@@ -108,6 +112,8 @@ pub struct Snapshot {
     enabled: bool,
     tables: BTreeMap<String, Table>,
     clock: Option<MonotonicToWall>,
+    /// When the read behind it started.
+    read_at: Option<Instant>,
     names: InterfaceNames,
 }
 
@@ -156,6 +162,22 @@ impl Actor for FlowActor {
                 state.waiting.push((query, reply));
                 state.start_read(&myself).await;
             }
+            FlowMsg::Tables { reply } => {
+                let tables_only = FlowQuery {
+                    limit: Some(0),
+                    ..FlowQuery::default()
+                };
+                let interval = state.args.interval;
+                match state.snapshot.as_mut() {
+                    Some(s) if s.read_at.is_some_and(|at| at.elapsed() < interval) => {
+                        let _ = reply.send(s.answer(&tables_only));
+                    }
+                    _ => {
+                        state.waiting.push((tables_only, reply));
+                        state.start_read(&myself).await;
+                    }
+                }
+            }
             FlowMsg::AgeOut { idle, reply } => {
                 if let Some((_, earlier)) = state.age_out.replace((idle, reply)) {
                     let _ = earlier.send(0);
@@ -180,15 +202,12 @@ impl FlowState {
         if self.snapshot.is_none() {
             return;
         }
-        let sources = match ractor::registry::where_is(self.args.loader.clone()) {
-            Some(cell) => {
-                let loader: ActorRef<LoaderMsg> = cell.into();
-                ask(&loader, "LoaderActor", |reply| LoaderMsg::FlowSources {
-                    reply,
-                })
-                .await
-                .unwrap_or_default()
-            }
+        let sources = match ActorRef::<LoaderMsg>::where_is(self.args.loader.clone()) {
+            Some(loader) => ask(&loader, "LoaderActor", |reply| LoaderMsg::FlowSources {
+                reply,
+            })
+            .await
+            .unwrap_or_default(),
             None => FlowSources::default(),
         };
         // Asking the loader yielded: a read may have started meanwhile.
@@ -250,6 +269,7 @@ struct Read {
 
 impl Read {
     fn run(self, mut before: Snapshot) -> Box<Snapshot> {
+        let started = Instant::now();
         let clock = MonotonicToWall::now();
         let now_ns = clock.mono_ns();
         let cutoff = now_ns.saturating_sub(self.idle.as_nanos() as u64);
@@ -304,6 +324,7 @@ impl Read {
             enabled: self.enabled,
             tables,
             clock: Some(clock),
+            read_at: Some(started),
             names: std::mem::take(&mut before.names),
         });
         for (query, reply) in self.queries {
@@ -323,6 +344,9 @@ impl Snapshot {
         let Some(clock) = &self.clock else {
             return list;
         };
+        if query.limit == Some(0) {
+            return list;
+        }
         let names = &mut self.names;
         let mut hits: Vec<(&str, &FlowKey, &Flow)> = Vec::new();
         for (id, table) in &self.tables {

@@ -751,20 +751,12 @@ impl InterfacesState {
         .map(|p| p.kernel_id)
         .collect();
         for interface in crate::sys::interface_names() {
-            let Ok(ifindex) = nix::net::if_::if_nametoindex(interface.as_str()) else {
-                continue;
-            };
-            if let Ok(Some(on)) = crate::xdpnl::xdp_of(ifindex)
+            if let Some((on, name)) = xdp_program_on(&interface)
                 && !ours.contains(&on.prog_id)
             {
-                let name =
-                    crate::xdpnl::program_name(on.prog_id).unwrap_or_else(|| "unnamed".into());
                 self.reconciliation.push(crate::sys::reconciled(
                     "foreign",
-                    format!(
-                        "{interface} runs XDP program id {} ({name}, {} mode) that this daemon does not manage: left alone",
-                        on.prog_id, on.mode
-                    ),
+                    format!("{}: left alone", describe_foreign(&interface, &on, &name)),
                 ));
             }
         }
@@ -836,7 +828,7 @@ impl InterfacesState {
         // Another manager's XDP program holds the interface: name it, and replace it only when
         // asked to (`--force`).
         let first = match create(requested).await? {
-            Err(e) if e.kind == ErrorKind::Busy => match foreign_xdp(interface) {
+            Err(e) if e.kind == ErrorKind::Busy => match xdp_program_on(interface) {
                 Some((foreign, name)) if force => {
                     remove_foreign(interface, &foreign, &name)?;
                     warn!(%interface, foreign_program_id = foreign.prog_id, foreign_program = %name, mode = %foreign.mode, "replaced an XDP program this daemon did not manage (--force)");
@@ -845,9 +837,8 @@ impl InterfacesState {
                 Some((foreign, name)) => Err(ApiError::new(
                     ErrorKind::Busy,
                     format!(
-                        "interface {interface} runs XDP program id {} ({name}, {} mode) that this daemon does not manage: \
-                         it is not replaced; remove it yourself, or attach with --force to replace it",
-                        foreign.prog_id, foreign.mode
+                        "interface {}: it is not replaced; remove it yourself, or attach with --force to replace it",
+                        describe_foreign(interface, &foreign, &name)
                     ),
                 )),
                 None => Err(e),
@@ -929,8 +920,16 @@ impl InterfacesState {
     }
 }
 
-/// The XDP program on `interface` (which is not ours: ours are in `attachments`) and its name.
-fn foreign_xdp(interface: &str) -> Option<(crate::xdpnl::XdpOnLink, String)> {
+/// `eth0 runs XDP program id 42 (xdp_pass, skb mode) that this daemon does not manage`.
+fn describe_foreign(interface: &str, on: &crate::xdpnl::XdpOnLink, name: &str) -> String {
+    format!(
+        "{interface} runs XDP program id {} ({name}, {} mode) that this daemon does not manage",
+        on.prog_id, on.mode
+    )
+}
+
+/// The XDP program on `interface`, if any, and its name.
+fn xdp_program_on(interface: &str) -> Option<(crate::xdpnl::XdpOnLink, String)> {
     let ifindex = nix::net::if_::if_nametoindex(interface).ok()?;
     let on = crate::xdpnl::xdp_of(ifindex).ok()??;
     let name = crate::xdpnl::program_name(on.prog_id).unwrap_or_else(|| "unnamed".into());
@@ -948,7 +947,9 @@ fn remove_foreign(
         ApiError::new(
             ErrorKind::Busy,
             format!(
-                "--force could not remove XDP program id {} ({name}) from {interface}: {e}",
+                "--force could not remove XDP program id {} ({name}) from {interface}: {e}; \
+                 see `bpftool net show dev {interface}` and remove it by hand \
+                 (`ip link set dev {interface} xdp off`, or `bpftool link detach id N` for a bpf_link)",
                 foreign.prog_id
             ),
         )

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actors::api::{Alert, FlowQuery, Request, Response, Severity};
+use actors::api::{Alert, Request, Response, Severity};
 use actors::loader::LoaderMsg;
 use actors::rpc::ask;
 use ebpf_shared::LATENCY_BUCKETS;
@@ -201,41 +201,38 @@ impl AlertsState {
                 .or_insert((Severity::Critical, attaches.1.clone().unwrap_or_default()));
         }
         self.last_failures = (loads.0, attaches.0);
-        if let Response::Flows(list) = self
+        for t in self
             .control
-            .dispatch(Request::Flows(FlowQuery {
-                limit: Some(0),
-                ..FlowQuery::default()
-            }))
+            .flow_tables()
             .await
+            .iter()
+            .filter(|t| t.capacity > 0)
         {
-            for t in list.tables.iter().filter(|t| t.capacity > 0) {
-                let fill = t.entries as f64 / f64::from(t.capacity);
-                // The kernel's LRU evicts before the table is strictly full (its free lists are
-                // per CPU): flows pushed out in the interval mean the table is full too.
-                let evicted = t.evicted.saturating_sub(
-                    self.last_evicted
-                        .get(&t.program_id)
-                        .copied()
-                        .unwrap_or(t.evicted),
-                );
-                self.last_evicted.insert(t.program_id.clone(), t.evicted);
-                if fill > MAP_MEMORY_LIMIT || evicted > 0 {
-                    now.insert(
-                        "map_memory".to_string(),
-                        (
-                            Severity::Warning,
-                            format!(
-                                "{}'s flow table holds {} of {} flows ({:.0}%; {} pushed out in the last interval): raise flow_table_size",
-                                t.program_id,
-                                t.entries,
-                                t.capacity,
-                                fill * 100.0,
-                                evicted
-                            ),
+            let fill = t.entries as f64 / f64::from(t.capacity);
+            // The kernel's LRU evicts before the table is strictly full (its free lists are
+            // per CPU): flows pushed out in the interval mean the table is full too.
+            let evicted = t.evicted.saturating_sub(
+                self.last_evicted
+                    .get(&t.program_id)
+                    .copied()
+                    .unwrap_or(t.evicted),
+            );
+            self.last_evicted.insert(t.program_id.clone(), t.evicted);
+            if fill > MAP_MEMORY_LIMIT || evicted > 0 {
+                now.insert(
+                    "map_memory".to_string(),
+                    (
+                        Severity::Warning,
+                        format!(
+                            "{}'s flow table holds {} of {} flows ({:.0}%; {} pushed out in the last interval): raise flow_table_size",
+                            t.program_id,
+                            t.entries,
+                            t.capacity,
+                            fill * 100.0,
+                            evicted
                         ),
-                    );
-                }
+                    ),
+                );
             }
         }
         if let Response::Stats(rows) = self.control.dispatch(Request::Stats).await {

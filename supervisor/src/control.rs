@@ -502,14 +502,27 @@ impl Control {
         by_actor
     }
 
-    /// Restarts so far: (of the root's children, of AttachActors).
-    pub async fn restarts(&self) -> (u64, u64) {
+    /// The flow tables' bookkeeping as of the FlowActor's latest timed read (at most its
+    /// interval old): for the actors that ask every monitoring interval. Empty while the
+    /// FlowActor restarts.
+    pub async fn flow_tables(&self) -> Vec<api::FlowTable> {
+        match flow_actor() {
+            Ok(flows) => ask(&flows, "FlowActor", |reply| FlowMsg::Tables { reply })
+                .await
+                .map(|list| list.tables)
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Restarts so far, of every actor of the tree (AttachActors included).
+    pub async fn restarts(&self) -> u64 {
         ask(&self.root, "RootSupervisor", |reply| RootMsg::Report {
             reply,
         })
         .await
-        .map(|r| (r.restarts, r.attach_restarts))
-        .unwrap_or((0, 0))
+        .map(|r| r.restarts())
+        .unwrap_or(0)
     }
 
     async fn health(
@@ -564,7 +577,7 @@ impl Control {
                 ),
             },
         );
-        let restarts = report.restarts + report.attach_restarts;
+        let restarts = report.restarts();
         checks.insert(
             "supervisor".to_string(),
             match &report.gave_up {

@@ -10,12 +10,12 @@ use actors::loader::LoaderMsg;
 use actors::rpc::ask;
 use anyhow::Context as _;
 use clap::Parser;
-use ractor::{Actor, ActorCell, ActorRef};
+use ractor::{Actor, ActorRef};
 use supervisor::config::{Config, DEFAULT_CONFIG_PATH};
 use supervisor::control::{Control, SetLogFilter};
 use supervisor::host;
 use supervisor::root::{INTERFACES, LOADER, RootMsg, RootSupervisor, SERVICES, StartupPlan};
-use supervisor::strategy::{ChildSpec, Restart, Strategy, StrategySupervisor, SupervisorArgs};
+use supervisor::strategy::{ChildSpec, Strategy, StrategySupervisor, SupervisorArgs};
 use tracing::{error, info};
 
 #[derive(Parser, Debug)]
@@ -370,82 +370,55 @@ async fn run(
 /// The actors beside the tree of the kernel-facing ones (they need the control handle, which
 /// needs the root): the AlertsActor, the MapekActor and the MetricsActor, one_for_one.
 fn services(config: &Config, control: &Control) -> SupervisorArgs {
+    use supervisor::{alerts, mapek, metrics};
     let interval = std::time::Duration::from_secs_f64(config.monitoring_interval_seconds);
-    let mut children = Vec::new();
     let (c, latency_threshold_ms) = (control.clone(), config.latency_threshold_ms);
-    children.push(ChildSpec {
-        name: "AlertsActor".into(),
-        restart: Restart::Permanent,
-        start: std::sync::Arc::new(move |sup: ActorCell| {
-            let args = supervisor::alerts::AlertsArgs {
+    let mut children = vec![ChildSpec::permanent(
+        "AlertsActor",
+        alerts::ALERTS,
+        || alerts::AlertsActor,
+        move || {
+            Ok(alerts::AlertsArgs {
                 control: c.clone(),
                 interval,
                 latency_threshold_ms,
-            };
-            Box::pin(async move {
-                let (a, _) = Actor::spawn_linked(
-                    Some(supervisor::alerts::ALERTS.into()),
-                    supervisor::alerts::AlertsActor,
-                    args,
-                    sup,
-                )
-                .await?;
-                Ok(a.get_cell())
             })
-        }),
-    });
+        },
+    )];
     if config.enable_mapek_integration {
         let (c, state_dir) = (control.clone(), config.state_dir.clone());
-        let policy = supervisor::mapek::Policy::from_idle_timeout(
-            std::time::Duration::from_secs_f64(config.flow_idle_timeout_seconds),
-        );
-        children.push(ChildSpec {
-            name: "MapekActor".into(),
-            restart: Restart::Permanent,
-            start: std::sync::Arc::new(move |sup: ActorCell| {
-                let args = supervisor::mapek::MapekArgs {
+        let policy = mapek::Policy::from_idle_timeout(std::time::Duration::from_secs_f64(
+            config.flow_idle_timeout_seconds,
+        ));
+        children.push(ChildSpec::permanent(
+            "MapekActor",
+            mapek::MAPEK,
+            || mapek::MapekActor,
+            move || {
+                Ok(mapek::MapekArgs {
                     control: c.clone(),
                     interval,
                     state_dir: state_dir.clone(),
                     policy: policy.clone(),
-                };
-                Box::pin(async move {
-                    let (a, _) = Actor::spawn_linked(
-                        Some(supervisor::mapek::MAPEK.into()),
-                        supervisor::mapek::MapekActor,
-                        args,
-                        sup,
-                    )
-                    .await?;
-                    Ok(a.get_cell())
                 })
-            }),
-        });
+            },
+        ));
     }
     if config.enable_metrics_export {
         let c = control.clone();
         let address =
             std::net::SocketAddr::new(config.metrics_bind_address, config.prometheus_port);
-        children.push(ChildSpec {
-            name: "MetricsActor".into(),
-            restart: Restart::Permanent,
-            start: std::sync::Arc::new(move |sup: ActorCell| {
-                let args = supervisor::metrics::MetricsArgs {
+        children.push(ChildSpec::permanent(
+            "MetricsActor",
+            metrics::METRICS,
+            || metrics::MetricsActor,
+            move || {
+                Ok(metrics::MetricsArgs {
                     control: c.clone(),
                     address,
-                };
-                Box::pin(async move {
-                    let (a, _) = Actor::spawn_linked(
-                        Some(supervisor::metrics::METRICS.into()),
-                        supervisor::metrics::MetricsActor,
-                        args,
-                        sup,
-                    )
-                    .await?;
-                    Ok(a.get_cell())
                 })
-            }),
-        });
+            },
+        ));
     }
     SupervisorArgs {
         strategy: Strategy::OneForOne,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use actors::api::{FlowQuery, MapekEntry, MapekReport, Request, Response};
+use actors::api::{MapekEntry, MapekReport, Request, Response};
 use actors::flows::FlowMsg;
 use actors::interfaces::InterfacesMsg;
 use actors::rpc::ask;
@@ -403,20 +403,15 @@ impl Actor for MapekActor {
 impl MapekState {
     async fn monitor(&self) -> Observation {
         let control = &self.args.control;
-        let mut seen = Observation::default();
-        if let Response::Flows(list) = control
-            .dispatch(Request::Flows(FlowQuery {
-                limit: Some(0),
-                ..FlowQuery::default()
-            }))
-            .await
-        {
-            seen.flow_tables = list
-                .tables
+        let mut seen = Observation {
+            flow_tables: control
+                .flow_tables()
+                .await
                 .iter()
                 .map(|t| (t.program_id.clone(), t.entries, t.capacity))
-                .collect();
-        }
+                .collect(),
+            ..Observation::default()
+        };
         if let Some(interfaces) = ActorRef::<InterfacesMsg>::where_is(INTERFACES)
             && let Ok(report) = ask(&interfaces, "InterfaceSupervisor", |reply| {
                 InterfacesMsg::Verify { reply }
@@ -425,8 +420,7 @@ impl MapekState {
         {
             seen.lost = report.problems;
         }
-        let (root, attach) = control.restarts().await;
-        seen.restarts = root + attach;
+        seen.restarts = control.restarts().await;
         if let Response::Alerts(alerts) = control.dispatch(Request::Alerts).await {
             seen.alerts = alerts.into_iter().map(|a| a.id).collect();
         }

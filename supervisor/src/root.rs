@@ -17,10 +17,10 @@ use actors::interfaces::{InterfaceSupervisor, InterfacesArgs, InterfacesMsg};
 use actors::loader::{FirewallSettings, LoaderActor, LoaderArgs, LoaderMsg};
 use actors::restart::RestartIntensity;
 use actors::rpc::ask;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{info, warn};
 
-use crate::strategy::{ChildSpec, Children, Restart, Strategy};
+use crate::strategy::{ChildSpec, Children, Strategy};
 
 /// Registry names of the root's children, so the control socket finds the live ones.
 pub const LOADER: &str = "x0tta6bl4.loader";
@@ -65,12 +65,10 @@ pub enum RootMsg {
 #[derive(Debug, Clone, Default)]
 pub struct RootReport {
     pub startup_error: Option<String>,
-    /// Restarts of the root's children (LoaderActor, InterfaceSupervisor).
-    pub restarts: u64,
-    /// Restarts of AttachActors, counted here so that they survive their supervisor's own.
-    pub attach_restarts: u64,
     pub gave_up: Option<String>,
     /// Per actor (`LoaderActor`, `AttachActor[eth0]`, …): restarts and the latest failure.
+    /// AttachActors are counted here too, so that their count survives their supervisor's
+    /// own restarts.
     pub actors: std::collections::BTreeMap<String, ActorRecord>,
 }
 
@@ -82,6 +80,11 @@ pub struct ActorRecord {
 }
 
 impl RootReport {
+    /// Restarts of every actor of the tree so far.
+    pub fn restarts(&self) -> u64 {
+        self.actors.values().map(|r| r.restarts).sum()
+    }
+
     fn record(&mut self, actor: &str, why: &str) {
         let r = self.actors.entry(actor.to_string()).or_default();
         r.restarts += 1;
@@ -137,7 +140,6 @@ impl Actor for RootSupervisor {
                 let _ = reply.send(state.report.clone());
             }
             RootMsg::AttachActorRestarted { interface, why } => {
-                state.report.attach_restarts += 1;
                 state
                     .report
                     .record(&format!("AttachActor[{interface}]"), &why);
@@ -157,7 +159,6 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match state.children.on_event(&myself.get_cell(), event).await {
             Ok(Some(r)) => {
-                state.report.restarts += 1;
                 state.report.record(&r.child, &r.why);
                 if r.restarted
                     .iter()
@@ -178,34 +179,29 @@ impl Actor for RootSupervisor {
 
 /// The root's children in start (and dependency) order.
 fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
-    let mut specs = Vec::new();
     let loader_args = LoaderArgs {
         programs_dir: plan.programs_dir.clone(),
         firewall: plan.firewall.clone(),
         state_dir: plan.state_dir.clone(),
         pin_root: plan.pin_root.clone(),
     };
-    specs.push(ChildSpec {
-        name: "LoaderActor".into(),
-        restart: Restart::Permanent,
-        start: Arc::new(move |sup: ActorCell| {
-            let args = loader_args.clone();
-            Box::pin(async move {
-                let (a, _) =
-                    Actor::spawn_linked(Some(LOADER.into()), LoaderActor, args, sup).await?;
-                Ok(a.get_cell())
-            })
-        }),
-    });
     let (state_dir, fallback, root) = (plan.state_dir.clone(), plan.fallback, root.clone());
-    specs.push(ChildSpec {
-        name: "InterfaceSupervisor".into(),
-        restart: Restart::Permanent,
-        start: Arc::new(move |sup: ActorCell| {
-            let (state_dir, root) = (state_dir.clone(), root.clone());
-            Box::pin(async move {
+    let (interval, idle_timeout) = (plan.flow_poll_interval, plan.flow_idle_timeout);
+    let mut specs = vec![
+        ChildSpec::permanent(
+            "LoaderActor",
+            LOADER,
+            || LoaderActor,
+            move || Ok(loader_args.clone()),
+        ),
+        ChildSpec::permanent(
+            "InterfaceSupervisor",
+            INTERFACES,
+            || InterfaceSupervisor,
+            move || {
                 let loader = ActorRef::<LoaderMsg>::where_is(LOADER)
                     .ok_or("the LoaderActor is not running")?;
+                let root = root.clone();
                 let on_restart: actors::interfaces::OnRestart =
                     Arc::new(move |interface: &str, why: &str| {
                         let _ = root.cast(RootMsg::AttachActorRestarted {
@@ -213,59 +209,43 @@ fn child_specs(plan: &StartupPlan, root: &ActorRef<RootMsg>) -> Vec<ChildSpec> {
                             why: why.to_string(),
                         });
                     });
-                let (a, _) = Actor::spawn_linked(
-                    Some(INTERFACES.into()),
-                    InterfaceSupervisor,
-                    InterfacesArgs {
-                        loader,
-                        intensity: RestartIntensity::default,
-                        state_dir,
-                        fallback,
-                        on_restart,
-                    },
-                    sup,
-                )
-                .await?;
-                Ok(a.get_cell())
-            })
-        }),
-    });
-    let (interval, idle_timeout) = (plan.flow_poll_interval, plan.flow_idle_timeout);
-    specs.push(ChildSpec {
-        name: "FlowActor".into(),
-        restart: Restart::Permanent,
-        start: Arc::new(move |sup: ActorCell| {
-            Box::pin(async move {
-                let args = FlowArgs {
+                Ok(InterfacesArgs {
+                    loader,
+                    intensity: RestartIntensity::default,
+                    state_dir: state_dir.clone(),
+                    fallback,
+                    on_restart,
+                })
+            },
+        ),
+        ChildSpec::permanent(
+            "FlowActor",
+            FLOWS,
+            || FlowActor,
+            move || {
+                Ok(FlowArgs {
                     loader: LOADER.into(),
                     interval,
                     idle_timeout,
-                };
-                let (a, _) = Actor::spawn_linked(Some(FLOWS.into()), FlowActor, args, sup).await?;
-                Ok(a.get_cell())
-            })
-        }),
-    });
+                })
+            },
+        ),
+    ];
     if plan.fallback {
         let (interval, abort_rate) = (plan.fallback_probe_interval, plan.fallback_abort_rate);
-        specs.push(ChildSpec {
-            name: "FallbackActor".into(),
-            restart: Restart::Permanent,
-            start: Arc::new(move |sup: ActorCell| {
-                Box::pin(async move {
-                    let args = FallbackArgs {
-                        interfaces: INTERFACES.into(),
-                        loader: LOADER.into(),
-                        interval,
-                        abort_rate,
-                    };
-                    let (a, _) =
-                        Actor::spawn_linked(Some(FALLBACK.into()), FallbackActor, args, sup)
-                            .await?;
-                    Ok(a.get_cell())
+        specs.push(ChildSpec::permanent(
+            "FallbackActor",
+            FALLBACK,
+            || FallbackActor,
+            move || {
+                Ok(FallbackArgs {
+                    interfaces: INTERFACES.into(),
+                    loader: LOADER.into(),
+                    interval,
+                    abort_rate,
                 })
-            }),
-        });
+            },
+        ));
     }
     specs
 }

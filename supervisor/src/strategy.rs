@@ -48,6 +48,34 @@ pub struct ChildSpec {
     pub start: StartFn,
 }
 
+impl ChildSpec {
+    /// A permanent child registered as `registered`: the actor `actor` makes, spawned with
+    /// the arguments `args` makes at each (re)start. `args` may refuse (a dependency not running yet); the
+    /// start is then retried like any other.
+    pub fn permanent<A>(
+        name: &str,
+        registered: &'static str,
+        actor: fn() -> A,
+        args: impl Fn() -> Result<A::Arguments, ActorProcessingErr> + Send + Sync + 'static,
+    ) -> ChildSpec
+    where
+        A: Actor,
+    {
+        ChildSpec {
+            name: name.to_string(),
+            restart: Restart::Permanent,
+            start: Arc::new(move |sup: ActorCell| {
+                let (actor, args) = (actor(), args());
+                Box::pin(async move {
+                    let (a, _) =
+                        Actor::spawn_linked(Some(registered.into()), actor, args?, sup).await?;
+                    Ok(a.get_cell())
+                })
+            }),
+        }
+    }
+}
+
 pub struct SupervisorArgs {
     pub strategy: Strategy,
     pub max_restarts: usize,

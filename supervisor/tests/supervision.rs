@@ -261,7 +261,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
     while ask(&root, "root", |reply| RootMsg::Report { reply })
         .await
         .unwrap()
-        .restarts
+        .restarts()
         < 1
     {
         assert!(
@@ -298,7 +298,7 @@ async fn a_crashed_loader_restarts_the_tree_after_it_and_reruns_the_startup_plan
     let report = ask(&root, "root", |reply| RootMsg::Report { reply })
         .await
         .unwrap();
-    assert_eq!(report.restarts, 1);
+    assert_eq!(report.restarts(), 1);
     assert!(report.gave_up.is_none());
     root.stop(None);
 }
