@@ -251,12 +251,15 @@ fn user_errors_get_clear_messages_and_change_nothing() {
 
     // A program this daemon does not manage: another daemon's, on a fresh pair.
     let other_hosts = TwoHosts::new();
-    let other = Daemon::start(&other_hosts.a, "auto_load_programs = false\n");
+    let mut other = Daemon::start(&other_hosts.a, "auto_load_programs = false\n");
     let other_id = other.cli_json(&["load", "xdp_firewall"])["id"]
         .as_str()
         .unwrap()
         .to_string();
     other.cli_json(&["attach", &other_id, &other_hosts.if_a, "--mode", "skb"]);
+    // That manager dies, leaving its pinned link attached. (A live one would attach again the
+    // moment --force detaches it, and two managers that both insist have no winner.)
+    other.kill();
     let foreign = Daemon::start(&other_hosts.a, "auto_load_programs = false\n");
     let fid = foreign.cli_json(&["load", "xdp_firewall"])["id"]
         .as_str()
