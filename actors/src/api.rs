@@ -135,6 +135,47 @@ pub enum Request {
     Mapek,
     /// The supervision tree: every actor, its state, restarts and latest failure.
     Supervisor,
+    /// The TC shaper (`shaper set|show|clear`).
+    Shaper(ShaperRequest),
+}
+
+/// `shaper set|show|clear`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ShaperRequest {
+    /// Shapes `interface`'s egress to `rate` ("100mbit") with queueing delay bounded by
+    /// `latency` ("50ms"); replaces the interface's earlier setting.
+    Set {
+        interface: String,
+        rate: String,
+        latency: String,
+    },
+    Show,
+    Clear {
+        interface: String,
+    },
+}
+
+/// One shaped interface: its setting, what the classifier put into the class, and what the
+/// class's queue did with it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ShaperStatus {
+    pub interface: String,
+    pub rate_bits_per_second: u64,
+    pub latency_target_us: u64,
+    /// How far the class may run ahead of its rate (bytes).
+    pub burst_bytes: u64,
+    /// The class's queue: rate × latency target (bytes), so that no packet waits longer.
+    pub queue_limit_bytes: u64,
+    /// Packets and bytes the classifier put into the class.
+    pub classified_packets: u64,
+    pub classified_bytes: u64,
+    /// From the class's queue: sent, dropped (queue full: the latency bound at work), waiting.
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    pub dropped_packets: u64,
+    pub backlog_bytes: u64,
+    /// `active`, or what is wrong (the daemon retries).
+    pub state: String,
 }
 
 /// One actor of the supervision tree (or beside it), in tree order.
@@ -519,6 +560,7 @@ pub enum Response {
     CustomMetrics(Vec<CustomMetricStatus>),
     Mapek(MapekReport),
     Supervisor(Vec<ActorNode>),
+    Shaper(Vec<ShaperStatus>),
     Error(ApiError),
 }
 

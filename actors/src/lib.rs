@@ -28,6 +28,8 @@ pub mod rpc;
 #[cfg(feature = "runtime")]
 pub mod rules;
 #[cfg(feature = "runtime")]
+pub mod shaper;
+#[cfg(feature = "runtime")]
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod tcp;
@@ -53,6 +55,15 @@ pub mod builtin {
     /// ELF object of `xdp_exceptions` (ebpf-kern/src/bin/xdp_exceptions.rs).
     pub static XDP_EXCEPTIONS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_exceptions"));
+    /// ELF object of `tc_shaper` (ebpf-kern/src/bin/tc_shaper.rs).
+    pub static TC_SHAPER: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_shaper"));
+    /// ELF object of `cgroup_counter` (ebpf-kern/src/bin/cgroup_counter.rs).
+    pub static CGROUP_COUNTER: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_counter"));
+    /// ELF object of `socket_counter` (ebpf-kern/src/bin/socket_counter.rs).
+    pub static SOCKET_COUNTER: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socket_counter"));
     /// ELF object of `xdp_abort_udp9` (ebpf-kern/src/bin/xdp_abort_udp9.rs): an example of a
     /// faulty user program (it aborts UDP to port 9), for the fallback tests.
     pub static XDP_ABORT_UDP9: &[u8] =

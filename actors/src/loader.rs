@@ -677,7 +677,8 @@ impl LoaderState {
             .flatten()
         {
             let id = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !self.programs.contains_key(&id) {
+            if e.path().is_dir() && !self.programs.contains_key(&id) && id != crate::shaper::PIN_DIR
+            {
                 sys::remove_pins(&e.path());
                 warn!(program_id = %id, "removed pins no saved program owns");
                 self.reconciliation.push(sys::reconciled(

@@ -26,11 +26,29 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const XDP_FLAGS_HW_MODE: u32 = 1 << 3;
 
 /// One request, and the messages that answer it (up to the ACK or the one reply).
-fn exchange(
+pub(crate) fn exchange(
     message: RouteNetlinkMessage,
     flags: u16,
 ) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
+    // The kernel answers at once; a request it answers with nothing must not hang the caller.
+    let timeout = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid socket and a timeval of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actors::api::{
     AttachMode, CustomMetric, CustomMetricsRequest, DebugRequest, MetricKind, Request, Response,
+    ShaperRequest,
 };
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
@@ -127,6 +128,11 @@ enum Command {
     },
     /// Flows seen by the firewall, with filters (like `hubble observe`).
     Flows(flows::FlowArgs),
+    /// The TC shaper: limit an interface's egress rate with a bounded queueing delay.
+    Shaper {
+        #[command(subcommand)]
+        command: ShaperCommand,
+    },
     /// The firewall rules: list, add, del, apply FILE, explain.
     Rules {
         #[command(subcommand)]
@@ -162,6 +168,25 @@ enum MetricsAction {
     List,
     /// Stop exporting a custom metric.
     Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShaperCommand {
+    /// Shape IFACE's egress: at most --rate, and no packet queued longer than --latency (a
+    /// full queue drops instead). Replaces IFACE's earlier setting.
+    Set {
+        interface: String,
+        /// bit, kbit, mbit or gbit: 500kbit, 20mbit, 1gbit.
+        #[arg(long)]
+        rate: String,
+        /// us, ms or s.
+        #[arg(long, default_value = "50ms")]
+        latency: String,
+    },
+    /// Every shaped interface: setting, packets classified, sent, dropped and queued.
+    Show,
+    /// Stop shaping IFACE (its HTB qdisc and classifier are removed).
+    Clear { interface: String },
 }
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +287,21 @@ fn main() -> ExitCode {
         Command::Alerts => Request::Alerts,
         Command::Mapek { .. } => Request::Mapek,
         Command::Supervisor => Request::Supervisor,
+        Command::Shaper { ref command } => Request::Shaper(match command {
+            ShaperCommand::Set {
+                interface,
+                rate,
+                latency,
+            } => ShaperRequest::Set {
+                interface: interface.clone(),
+                rate: rate.clone(),
+                latency: latency.clone(),
+            },
+            ShaperCommand::Show => ShaperRequest::Show,
+            ShaperCommand::Clear { interface } => ShaperRequest::Clear {
+                interface: interface.clone(),
+            },
+        }),
         Command::Tcp => Request::Tcp,
         Command::Metrics {
             action: Some(ref action),
@@ -474,6 +514,8 @@ fn print(
         Response::Metrics(m) if prometheus => m.prometheus_text.clone(),
         Response::Metrics(m) if as_json => json(m),
         Response::Metrics(m) => render::metrics(m),
+        Response::Shaper(s) if as_json => json(s),
+        Response::Shaper(s) => render::shaper(s),
         Response::Supervisor(t) if as_json => json(t),
         Response::Supervisor(t) => render::supervisor(t),
         Response::Mapek(m) if as_json && verbose => json(&m.history),

@@ -2,7 +2,7 @@
 
 use actors::api::{
     ActorNode, Alert, Attachment, CustomMetricStatus, Health, MapekReport, MetricsSnapshot,
-    PacketCounters, ProgramInfo, ProgramStats, Severity, Status, TcpReport,
+    PacketCounters, ProgramInfo, ProgramStats, Severity, ShaperStatus, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -238,6 +238,49 @@ pub fn supervisor(nodes: &[ActorNode]) -> String {
         ]);
     }
     format!("{t}\n")
+}
+
+/// `shaper show` (and the answer to `set` and `clear`).
+pub fn shaper(list: &[ShaperStatus]) -> String {
+    if list.is_empty() {
+        return "no interface is shaped; `x0tta6bl4-ebpf shaper set IFACE --rate 100mbit --latency 50ms`\n".into();
+    }
+    let mut t = table(&[
+        "INTERFACE",
+        "RATE",
+        "LATENCY",
+        "BURST",
+        "QUEUE",
+        "CLASSIFIED",
+        "SENT",
+        "DROPPED",
+        "BACKLOG",
+        "STATE",
+    ]);
+    for s in list {
+        t.add_row(vec![
+            s.interface.clone(),
+            rate(s.rate_bits_per_second),
+            format!("{}ms", s.latency_target_us as f64 / 1000.0),
+            format!("{}B", s.burst_bytes),
+            format!("{}B", s.queue_limit_bytes),
+            format!("{} pkts / {}B", s.classified_packets, s.classified_bytes),
+            format!("{} pkts / {}B", s.sent_packets, s.sent_bytes),
+            s.dropped_packets.to_string(),
+            format!("{}B", s.backlog_bytes),
+            s.state.clone(),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+fn rate(bits: u64) -> String {
+    match bits {
+        b if b >= 1_000_000_000 && b % 1_000_000_000 == 0 => format!("{}gbit", b / 1_000_000_000),
+        b if b >= 1_000_000 && b % 1_000_000 == 0 => format!("{}mbit", b / 1_000_000),
+        b if b >= 1_000 && b % 1_000 == 0 => format!("{}kbit", b / 1_000),
+        b => format!("{b}bit"),
+    }
 }
 
 /// `mapek status` (the latest 10 actions) or, with `all`, `mapek history`.

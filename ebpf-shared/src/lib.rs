@@ -180,6 +180,56 @@ pub mod xdp_exceptions {
     pub const ACT_ABORTED: u32 = 0;
 }
 
+/// `tc_shaper`: a TCX egress classifier that puts an interface's traffic into the HTB class
+/// the daemon made for it (by setting `skb->priority` to the class id).
+pub mod shaper {
+    /// `HashMap<u32, u32>`: ifindex → HTB class id (`major << 16 | minor`).
+    pub const SHAPER_CLASS: &str = "SHAPER_CLASS";
+    /// `PerCpuHashMap<u32, [u64; 2]>`: ifindex → packets and bytes put into the class.
+    pub const SHAPER_STATS: &str = "SHAPER_STATS";
+    pub const SHAPER_MAX: u32 = 1024;
+}
+
+/// `cgroup_counter`: a cgroup_skb program that counts each cgroup's packets and bytes by
+/// direction, and drops those of cgroups that are denied.
+pub mod cgroup {
+    /// `PerCpuHashMap<CgroupKey, [u64; 3]>`: packets, bytes, and packets denied.
+    pub const CG_STATS: &str = "CG_STATS";
+    /// `HashMap<u64, u8>`: cgroup id → 1 when its sockets' packets (and those of the cgroups
+    /// below it) are to be dropped.
+    pub const CG_DENY: &str = "CG_DENY";
+    pub const CG_MAX: u32 = 4096;
+    /// How many levels of ancestors a packet's cgroup is checked against `CG_DENY`.
+    pub const DENY_DEPTH: i32 = 8;
+    pub const INGRESS: u32 = 0;
+    pub const EGRESS: u32 = 1;
+
+    /// A cgroup (its id: the inode number of its directory in cgroup2) and a direction.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct CgroupKey {
+        pub cgroup_id: u64,
+        pub direction: u32,
+        pub _pad: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: plain old data, no padding left implicit.
+    unsafe impl aya::Pod for CgroupKey {}
+}
+
+/// `socket_counter`: a socket filter for an AF_PACKET socket the daemon opens on an
+/// interface. It counts what the socket sees by IP protocol, and passes one packet in
+/// `sample_every` up to the socket (0: none).
+pub mod socket {
+    /// `PerCpuHashMap<[u32; 2], [u64; 2]>`: `[ifindex, IP protocol (0: not IP)]` → packets,
+    /// bytes.
+    pub const SF_STATS: &str = "SF_STATS";
+    /// `Array<u32>`, one entry: pass one packet in N up to the socket (0: none).
+    pub const SF_SAMPLE_EVERY: &str = "SF_SAMPLE_EVERY";
+    pub const SF_MAX: u32 = 1024;
+}
+
 /// Maps of `tcp_state`, the TCP connection probe (tracepoint `sock/inet_sock_set_state`).
 pub mod tcp {
     /// `LruHashMap<u64, u64>`: socket address → when it entered SYN_SENT (ns).

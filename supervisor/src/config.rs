@@ -295,6 +295,13 @@ impl Config {
             if let Some(rate) = &program.bandwidth_limit {
                 parse_rate(rate)
                     .map_err(|m| invalid(path, format!("programs.{name}.bandwidth_limit"), m))?;
+                if self.interface.is_empty() {
+                    return Err(invalid(
+                        path,
+                        format!("programs.{name}.bandwidth_limit"),
+                        "shapes the daemon's `interface`, which is not set: set `interface`, or leave this out and use `x0tta6bl4-ebpf shaper set IFACE --rate R`",
+                    ));
+                }
             }
             if let Some(latency) = &program.latency_target {
                 parse_latency(latency)
@@ -322,6 +329,34 @@ impl Config {
         }
     }
 }
+
+impl Config {
+    /// The shaper setting of `programs.tc_shaper`: its `bandwidth_limit` (and
+    /// `latency_target`, default 50ms) on the daemon's `interface`.
+    pub fn shaper(&self) -> Vec<actors::shaper::ShaperSetting> {
+        let Some(p) = self.programs.get("tc_shaper") else {
+            return Vec::new();
+        };
+        let (Some(rate), false) = (&p.bandwidth_limit, self.interface.is_empty()) else {
+            return Vec::new();
+        };
+        let latency = p
+            .latency_target
+            .as_deref()
+            .unwrap_or(DEFAULT_LATENCY_TARGET);
+        match (parse_rate(rate), parse_latency(latency)) {
+            (Ok(rate), Ok(latency)) => vec![actors::shaper::ShaperSetting {
+                interface: self.interface.clone(),
+                rate_bits_per_second: rate,
+                latency_target_us: latency,
+            }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `latency_target` when `programs.tc_shaper` gives none.
+pub const DEFAULT_LATENCY_TARGET: &str = "50ms";
 
 fn ebpf_shared_flow_table_default() -> u32 {
     actors::loader::FirewallSettings::default().flow_table_size
@@ -355,56 +390,7 @@ pub fn check_interface_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `"100mbit"` → bits per second. Units as tc writes them: bit, kbit, mbit, gbit.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let multiplier = match unit {
-        "bit" | "bps" => 1.0,
-        "kbit" => 1e3,
-        "mbit" => 1e6,
-        "gbit" => 1e9,
-        _ => {
-            return Err(format!(
-                "{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"
-            ));
-        }
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"))?;
-    let bits = n * multiplier;
-    if bits.is_nan() || bits < 1.0 {
-        return Err(format!("{s:?} is not a positive rate"));
-    }
-    Ok(bits as u64)
-}
-
-/// `"50ms"` → microseconds. Units: us, ms, s.
-pub fn parse_latency(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let multiplier = match unit {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        _ => return Err(format!("{s:?} is not a duration: write e.g. 50ms")),
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write e.g. 50ms"))?;
-    let us = n * multiplier;
-    if us.is_nan() || us < 1.0 {
-        return Err(format!("{s:?} is not a positive duration"));
-    }
-    Ok(us as u64)
-}
+pub use actors::shaper::{parse_latency, parse_rate};
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ use actors::flows::FlowMsg;
 use actors::interfaces::InterfacesMsg;
 use actors::loader::LoaderMsg;
 use actors::rpc::ask;
+use actors::shaper::{SHAPER, ShaperMsg};
 use ractor::ActorRef;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
@@ -232,6 +233,12 @@ impl Control {
                 None => Vec::new(),
             }),
             Request::Supervisor => Response::Supervisor(self.tree(&interfaces).await?),
+            Request::Shaper(request) => Response::Shaper(
+                ask(&shaper_actor()?, "ShaperActor", |reply| {
+                    ShaperMsg::Request { request, reply }
+                })
+                .await??,
+            ),
             Request::Mapek => Response::Mapek(match ActorRef::<MapekMsg>::where_is(MAPEK) {
                 Some(m) => ask(&m, "MapekActor", |reply| MapekMsg::Report { reply }).await?,
                 None => MapekReport {
@@ -316,6 +323,9 @@ impl Control {
             "flows" => flow_actor()?
                 .cast(FlowMsg::Crash)
                 .map_err(|e| unreachable(e.to_string())),
+            "shaper" => shaper_actor()?
+                .cast(ShaperMsg::Crash)
+                .map_err(|e| unreachable(e.to_string())),
             "metrics" => ActorRef::<MetricsMsg>::where_is(METRICS)
                 .ok_or_else(|| unreachable("the MetricsActor is not running".into()))?
                 .cast(MetricsMsg::Crash)
@@ -333,7 +343,7 @@ impl Control {
                 None => Err(ApiError::new(
                     ErrorKind::InvalidRequest,
                     format!(
-                        "no actor {other:?}: use loader, interfaces, flows, metrics or attach:IFACE"
+                        "no actor {other:?}: use loader, interfaces, flows, metrics, shaper or attach:IFACE"
                     ),
                 )),
             },
@@ -408,11 +418,12 @@ impl Control {
             "worker: probes degraded attachments for their requested mode",
             registered(FALLBACK).then_some(true),
         ));
-        // The second tree: alerts, MAPE-K and metrics, which need this control handle.
+        // The second tree: alerts, MAPE-K, metrics and the shaper.
         nodes.push(ActorNode {
             name: "ServicesSupervisor".into(),
             depth: 0,
-            role: "supervisor: one_for_one over AlertsActor, MapekActor, MetricsActor".into(),
+            role: "supervisor: one_for_one over AlertsActor, MapekActor, MetricsActor, ShaperActor"
+                .into(),
             state: if registered(SERVICES) {
                 "running"
             } else {
@@ -443,6 +454,10 @@ impl Control {
             (
                 "MetricsActor",
                 "worker: the HTTP endpoint (/metrics, /health)",
+            ),
+            (
+                "ShaperActor",
+                "worker: the TC shaper's qdiscs and classifier links",
             ),
         ];
         for (name, role) in roles {
@@ -622,6 +637,15 @@ fn flow_actor() -> Result<ActorRef<FlowMsg>, ApiError> {
         ApiError::new(
             ErrorKind::Internal,
             "the FlowActor is restarting; try again in a moment",
+        )
+    })
+}
+
+fn shaper_actor() -> Result<ActorRef<ShaperMsg>, ApiError> {
+    ActorRef::<ShaperMsg>::where_is(SHAPER).ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Internal,
+            "the ShaperActor is not running (restarting, or it failed to start: see `x0tta6bl4-ebpf supervisor`); try again in a moment",
         )
     })
 }

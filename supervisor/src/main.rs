@@ -237,11 +237,6 @@ async fn run(
             .then(|| (config.interface.clone(), firewall.attach_mode)),
         firewall,
     };
-    if config.programs.contains_key("tc_shaper") {
-        tracing::warn!(
-            "programs.tc_shaper is validated but not enforced: the TC shaper is not part of this release"
-        );
-    }
     let (root, mut root_handle) = Actor::spawn(None, RootSupervisor, plan)
         .await
         .context("starting the supervision tree")?;
@@ -368,7 +363,8 @@ async fn run(
 }
 
 /// The actors beside the tree of the kernel-facing ones (they need the control handle, which
-/// needs the root): the AlertsActor, the MapekActor and the MetricsActor, one_for_one.
+/// needs the root): the AlertsActor, the MapekActor, the MetricsActor and the ShaperActor,
+/// one_for_one.
 fn services(config: &Config, control: &Control) -> SupervisorArgs {
     use supervisor::{alerts, mapek, metrics};
     let interval = std::time::Duration::from_secs_f64(config.monitoring_interval_seconds);
@@ -420,6 +416,24 @@ fn services(config: &Config, control: &Control) -> SupervisorArgs {
             },
         ));
     }
+    let (pin_root, state_dir, configured) = (
+        config.pin_root.clone(),
+        config.state_dir.clone(),
+        config.shaper(),
+    );
+    children.push(ChildSpec::permanent(
+        "ShaperActor",
+        actors::shaper::SHAPER,
+        || actors::shaper::ShaperActor,
+        move || {
+            Ok(actors::shaper::ShaperArgs {
+                pin_root: pin_root.clone(),
+                state_dir: state_dir.clone(),
+                configured: configured.clone(),
+                check_interval: std::time::Duration::from_secs(1),
+            })
+        },
+    ));
     SupervisorArgs {
         strategy: Strategy::OneForOne,
         max_restarts: 5,

@@ -14,8 +14,10 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 /// What the tests and the demo use: bpftool (assert kernel state), iproute2 (netns, veth),
 /// iputils-ping (traffic), util-linux (nsenter), procps (sysctl), xdp-tools (the peer),
 /// prometheus (promtool checks /metrics), tmux (drives `top` in a real terminal), tcpreplay
-/// (replays a pcap across the veth for the flow-accuracy test).
-const DEBIAN_PACKAGES: [&str; 9] = [
+/// (replays a pcap across the veth for the flow-accuracy test), iperf3 (the shaper's
+/// accuracy test and bench).
+const DEBIAN_PACKAGES: [&str; 10] = [
+    "iperf3",
     "tcpreplay",
     "prometheus",
     "tmux",

@@ -1,0 +1,206 @@
+//! The TC shaper through the real daemon and CLI: iperf3 TCP across a veth pair holds to the
+//! configured rate, the queueing delay stays under the latency target, the shaping survives a
+//! SIGKILL of the daemon, and `clear` gives the interface back.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use chaos_tests::{Daemon, NetNs, TwoHosts};
+
+/// Kills the iperf3 server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf3_server(ns: &NetNs, bind: &str, port: u16) -> Server {
+    let child = ns
+        .command("iperf3")
+        .args(["-s", "-B", bind, "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start iperf3 (package iperf3; `cargo xtask setup` installs it)");
+    std::thread::sleep(Duration::from_millis(300));
+    Server(child)
+}
+
+/// Runs an iperf3 TCP client in `ns` for `seconds` (the first second, slow start, left out)
+/// while pinging `to` every 20 ms; returns the received rate (bit/s) and the ping RTTs (ms).
+fn measure(ns: &NetNs, to: &str, port: u16, seconds: u32) -> (f64, Vec<f64>) {
+    let ping = ns
+        .command("ping")
+        .args(["-n", "-i", "0.02", "-w", &(seconds + 1).to_string(), to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ping");
+    let out = ns
+        .command("iperf3")
+        .args([
+            "-c",
+            to,
+            "-p",
+            &port.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-O",
+            "1",
+            "-J",
+        ])
+        .output()
+        .expect("run iperf3");
+    assert!(
+        out.status.success(),
+        "iperf3 failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
+    let rate = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 reports the received rate");
+    let ping = ping.wait_with_output().expect("ping ends");
+    let rtts = String::from_utf8_lossy(&ping.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    (rate, rtts)
+}
+
+fn root_qdisc(ns: &NetNs, interface: &str) -> String {
+    let out = ns.exec(&["tc", "qdisc", "show", "dev", interface, "root"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
+    let hosts = TwoHosts::new();
+    let mut daemon = Daemon::start_with_flags(&hosts.a, "", &["--enable-fault-injection"]);
+    let to = hosts.ips_b[0].to_string();
+    let _server = iperf3_server(&hosts.b, &to, 5201);
+    let latency_ms = 50.0;
+
+    // Unshaped first, for the comparison at the end.
+    let (line_rate, _) = measure(&hosts.a, &to, 5201, 2);
+
+    for mbit in [20.0, 100.0] {
+        let shown = daemon.cli_json(&[
+            "shaper",
+            "set",
+            &hosts.if_a,
+            "--rate",
+            &format!("{mbit}mbit"),
+            "--latency",
+            "50ms",
+        ]);
+        assert_eq!(shown[0]["state"], "active", "{shown}");
+        assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
+        let (rate, rtts) = measure(&hosts.a, &to, 5201, 5);
+
+        let wanted = mbit * 1e6;
+        eprintln!(
+            "{mbit} mbit: iperf3 {:.2} mbit ({:+.1}%), ping under load: max {:.1} ms over {} replies (line rate {:.0} mbit)",
+            rate / 1e6,
+            (rate / wanted - 1.0) * 100.0,
+            rtts.iter().cloned().fold(0.0, f64::max),
+            rtts.len(),
+            line_rate / 1e6
+        );
+        assert!(
+            (rate - wanted).abs() <= wanted * 0.10,
+            "iperf3 got {:.2} mbit through a {mbit} mbit shaper (more than 10% off)",
+            rate / 1e6
+        );
+        assert!(rtts.len() > 100, "ping got too few replies: {rtts:?}");
+        let worst = rtts.iter().cloned().fold(0.0, f64::max);
+        assert!(
+            worst < latency_ms,
+            "a ping waited {worst} ms behind iperf3, over the 50 ms target"
+        );
+    }
+    let shown = daemon.cli_json(&["shaper", "show"]);
+    let s = &shown[0];
+    assert_eq!(s["interface"], hosts.if_a.as_str());
+    assert_eq!(s["rate_bits_per_second"], 100_000_000);
+    // 12.5 MB/s × 45 ms (nine tenths of the target).
+    assert_eq!(s["queue_limit_bytes"], 562_500);
+    assert!(s["classified_packets"].as_u64().unwrap() > 1000, "{s}");
+    assert!(s["sent_bytes"].as_u64().unwrap() > 10_000_000, "{s}");
+
+    // Bad input: named, and nothing changes.
+    let out = daemon.cli(&["shaper", "set", "nosuch0", "--rate", "10mbit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("nosuch0"), "{err}");
+    let out = daemon.cli(&["shaper", "set", &hosts.if_a, "--rate", "fast"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("500kbit"), "{err}");
+    let out = daemon.cli(&["shaper", "clear", "nosuch0"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        daemon.cli_json(&["shaper", "show"])[0]["rate_bits_per_second"],
+        100_000_000
+    );
+
+    // The ShaperActor panics: it is restarted and adopts its own link.
+    daemon.cli_json(&["debug", "crash", "shaper"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(daemon.cli_json(&["shaper", "show"])[0]["state"], "active");
+
+    // SIGKILL: the qdisc and the classifier's pinned link stay, so the interface stays
+    // shaped while no daemon runs; the next daemon adopts the link.
+    daemon.kill();
+    assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
+    let (rate, _) = measure(&hosts.a, &to, 5201, 3);
+    assert!(
+        (rate - 100e6).abs() <= 10e6,
+        "with the daemon dead the interface ran at {:.1} mbit, not 100",
+        rate / 1e6
+    );
+    daemon.start_again(&hosts.a);
+    let shown = daemon.cli_json(&["shaper", "show"]);
+    assert_eq!(shown[0]["state"], "active", "{shown}");
+    assert!(
+        daemon
+            .log_text()
+            .contains("shaper: adopted the pinned classifier link"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Clear: the qdisc goes, the rate comes back.
+    let shown = daemon.cli_json(&["shaper", "clear", &hosts.if_a]);
+    assert_eq!(shown, serde_json::json!([]));
+    assert!(!root_qdisc(&hosts.a, &hosts.if_a).contains("htb"));
+    let (rate, _) = measure(&hosts.a, &to, 5201, 2);
+    assert!(
+        rate > 300e6,
+        "after clear iperf3 got {:.0} mbit (line rate was {:.0})",
+        rate / 1e6,
+        line_rate / 1e6
+    );
+}
+
+/// `programs.tc_shaper` in the daemon's config shapes the daemon's `interface` at start.
+#[test]
+fn the_config_shapes_the_interface_at_start() {
+    let hosts = TwoHosts::new();
+    let daemon = Daemon::start(
+        &hosts.a,
+        &format!(
+            "interface = \"{}\"\n[programs.tc_shaper]\ntype = \"tc\"\nbandwidth_limit = \"20mbit\"\nlatency_target = \"20ms\"\n",
+            hosts.if_a
+        ),
+    );
+    let shown = daemon.cli_json(&["shaper", "show"]);
+    assert_eq!(shown[0]["interface"], hosts.if_a.as_str(), "{shown}");
+    assert_eq!(shown[0]["rate_bits_per_second"], 20_000_000);
+    // 2.5 MB/s × 18 ms.
+    assert_eq!(shown[0]["queue_limit_bytes"], 45_000);
+    assert_eq!(shown[0]["state"], "active");
+}
