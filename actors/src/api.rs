@@ -104,17 +104,33 @@ pub enum Request {
         name: String,
         mode: Option<AttachMode>,
     },
+    /// Attaches a loaded program: an XDP program to `interface` (in `mode`); a TC program to
+    /// `interface`'s TCX hook in `direction`; a socket filter to an AF_PACKET socket the
+    /// daemon opens on `interface`; a cgroup_skb program to `cgroup` (then `interface` is
+    /// empty).
     Attach {
         program_id: String,
         interface: String,
         mode: Option<AttachMode>,
         /// Replace an XDP program on the interface that this daemon does not manage.
         force: bool,
+        /// A cgroup v2 directory, for cgroup_skb programs.
+        cgroup: Option<String>,
+        /// `cgroup_counter` only: drop the packets of the cgroup's sockets (counted).
+        deny: bool,
+        /// TC programs: ingress (the default) or egress.
+        direction: Option<Direction>,
+        /// `socket_counter` only: pass one packet in N up to the daemon as a sample.
+        sample_every: Option<u32>,
     },
     Detach {
         program_id: String,
         interface: String,
+        cgroup: Option<String>,
+        direction: Option<Direction>,
     },
+    /// Attachments other than XDP (TC, cgroup_skb, socket filter) with their counters.
+    Hooks,
     Unload {
         program_id: String,
     },
@@ -561,6 +577,9 @@ pub enum Response {
     Mapek(MapekReport),
     Supervisor(Vec<ActorNode>),
     Shaper(Vec<ShaperStatus>),
+    Hooked(Hook),
+    Unhooked(Hook),
+    Hooks(Vec<HookStats>),
     Error(ApiError),
 }
 
@@ -608,6 +627,86 @@ pub struct InterfaceAttachment {
     pub requested_mode: AttachMode,
 }
 
+/// Which way packets go through a TC or cgroup hook.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+/// Where a hook attachment is.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum HookTarget {
+    /// A cgroup v2 directory; both directions unless the program is for one.
+    Cgroup { path: String },
+    /// The TCX hook of an interface.
+    Tc {
+        interface: String,
+        direction: Direction,
+    },
+    /// An AF_PACKET socket the daemon holds open on an interface.
+    Socket { interface: String },
+}
+
+impl std::fmt::Display for HookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookTarget::Cgroup { path } => write!(f, "cgroup {path}"),
+            HookTarget::Tc {
+                interface,
+                direction,
+            } => write!(f, "tcx {direction} on {interface}"),
+            HookTarget::Socket { interface } => write!(f, "AF_PACKET socket on {interface}"),
+        }
+    }
+}
+
+/// A program attached somewhere other than an interface's XDP hook.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub program_id: String,
+    pub program_type: ProgramType,
+    pub target: HookTarget,
+    /// cgroup_skb: the directions attached.
+    pub directions: Vec<Direction>,
+    /// `cgroup_counter`: the cgroup's packets are dropped.
+    pub deny: bool,
+    /// `socket_counter`: one packet in N is passed up as a sample (0: none).
+    pub sample_every: u32,
+}
+
+/// One line of a hook's counters: what (`cgroup /x egress`, `veth0 udp`) and how much.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HookCounter {
+    pub what: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets dropped by a deny.
+    pub denied: u64,
+}
+
+/// A hook and what its program counted (programs the daemon knows: `cgroup_counter`,
+/// `socket_counter`; others' maps can be exported with `metrics add`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HookStats {
+    pub hook: Hook,
+    pub counters: Vec<HookCounter>,
+    /// Socket filters: samples the daemon received on the socket, and their bytes.
+    pub samples: u64,
+    pub sample_bytes: u64,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ProgramInfo {
     /// Stable, readable id: `<name>-<n>`.
@@ -624,6 +723,9 @@ pub struct ProgramInfo {
     /// The attach mode used when `attach` is given none.
     pub default_mode: AttachMode,
     pub attachments: Vec<InterfaceAttachment>,
+    /// Attachments other than XDP: cgroups, TCX hooks, sockets.
+    #[serde(default)]
+    pub hooks: Vec<Hook>,
     /// Names of the program's maps.
     pub maps: Vec<String>,
 }
@@ -1138,6 +1240,20 @@ mod tests {
             interface: "veth0".into(),
             mode: None,
             force: false,
+            cgroup: None,
+            deny: false,
+            direction: None,
+            sample_every: None,
+        });
+        round_trip(Request::Attach {
+            program_id: "cgroup_counter-1".into(),
+            interface: String::new(),
+            mode: None,
+            force: false,
+            cgroup: Some("/sys/fs/cgroup/unified/app".into()),
+            deny: true,
+            direction: Some(Direction::Egress),
+            sample_every: Some(10),
         });
     }
 

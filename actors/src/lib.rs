@@ -16,6 +16,8 @@ pub mod flows;
 #[cfg(feature = "runtime")]
 pub mod flowtable;
 #[cfg(feature = "runtime")]
+pub mod hooks;
+#[cfg(feature = "runtime")]
 pub mod interfaces;
 #[cfg(feature = "runtime")]
 pub mod loader;

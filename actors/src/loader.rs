@@ -12,10 +12,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::api::{
-    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, PacketCounters, PacketQuery,
-    ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet, RulesRequest, TcpReport,
+    ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, Hook, HookStats, HookTarget,
+    PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
+    RulesRequest, TcpReport,
 };
 use crate::attach::HeldLink;
+use crate::hooks;
 use crate::rules::{CompiledRules, PacketSummary, compile, rule_matches};
 use crate::{builtin, firewall, sys};
 
@@ -103,6 +105,21 @@ pub enum LoaderMsg {
     Shutdown { keep: bool, reply: RpcReplyPort<()> },
     /// Fault injection for the chaos harness and the supervision tests: panics in `handle`.
     Crash,
+    /// Attaches a program to a cgroup, a TCX hook or a socket (not XDP).
+    AttachHook {
+        program_id: String,
+        target: HookTarget,
+        deny: bool,
+        sample_every: u32,
+        reply: RpcReplyPort<Result<Hook, ApiError>>,
+    },
+    DetachHook {
+        program_id: String,
+        target: HookTarget,
+        reply: RpcReplyPort<Result<Hook, ApiError>>,
+    },
+    /// Every hook with what its program counted.
+    HookStats { reply: RpcReplyPort<Vec<HookStats>> },
 }
 
 /// The loaded firewalls whose flow tables the FlowActor reads.
@@ -160,6 +177,8 @@ pub struct LoaderArgs {
 const RULES_FILE: &str = "firewall-rules.json";
 /// The loaded programs as saved in the state dir.
 const PROGRAMS_FILE: &str = "programs.json";
+/// The hook attachments (cgroups, TCX, sockets) as saved in the state dir.
+const HOOKS_FILE: &str = "hooks.json";
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct SavedPrograms {
@@ -192,6 +211,8 @@ pub struct LoaderState {
     state_dir: PathBuf,
     pin_root: PathBuf,
     programs: BTreeMap<String, LoadedProgram>,
+    /// Attachments other than XDP (cgroups, TCX hooks, sockets).
+    hooks: Vec<hooks::HeldHook>,
     /// Next number per program name, so ids are never reused while the daemon runs.
     next_number: BTreeMap<String, u64>,
 }
@@ -306,9 +327,11 @@ impl Actor for LoaderActor {
             state_dir: args.state_dir,
             pin_root: args.pin_root,
             programs: BTreeMap::new(),
+            hooks: Vec::new(),
             next_number: BTreeMap::new(),
         };
         state.restore_programs();
+        state.restore_hooks();
         Ok(state)
     }
 
@@ -354,6 +377,10 @@ impl Actor for LoaderActor {
             LoaderMsg::Unload { program_id, reply } => {
                 let result = match state.programs.remove(&program_id) {
                     Some(_) => {
+                        if state.hooks.iter().any(|h| h.hook.program_id == program_id) {
+                            state.hooks.retain(|h| h.hook.program_id != program_id);
+                            state.save_hooks();
+                        }
                         sys::remove_pins(&state.pin_root.join(&program_id));
                         state.save_programs();
                         info!(program_id = %program_id, "unloaded");
@@ -364,7 +391,22 @@ impl Actor for LoaderActor {
                 let _ = reply.send(result);
             }
             LoaderMsg::List { reply } => {
-                let _ = reply.send(state.programs.values().map(|p| p.info.clone()).collect());
+                let _ = reply.send(
+                    state
+                        .programs
+                        .values()
+                        .map(|p| {
+                            let mut info = p.info.clone();
+                            info.hooks = state
+                                .hooks
+                                .iter()
+                                .filter(|h| h.hook.program_id == info.id)
+                                .map(|h| h.hook.clone())
+                                .collect();
+                            info
+                        })
+                        .collect(),
+                );
             }
             LoaderMsg::Counters { reply } => {
                 let counters = state
@@ -520,6 +562,33 @@ impl Actor for LoaderActor {
                 let _ = reply.send(());
             }
             LoaderMsg::Crash => panic!("fault injected into LoaderActor"),
+            LoaderMsg::AttachHook {
+                program_id,
+                target,
+                deny,
+                sample_every,
+                reply,
+            } => {
+                let _ = reply.send(state.attach_hook(&program_id, &target, deny, sample_every));
+            }
+            LoaderMsg::DetachHook {
+                program_id,
+                target,
+                reply,
+            } => {
+                let _ = reply.send(state.detach_hook(&program_id, &target));
+            }
+            LoaderMsg::HookStats { reply } => {
+                let stats = state
+                    .hooks
+                    .iter()
+                    .filter_map(|h| {
+                        let p = state.programs.get(&h.hook.program_id)?;
+                        Some(hooks::stats(&p.ebpf, &p.program_name, h))
+                    })
+                    .collect();
+                let _ = reply.send(stats);
+            }
         }
         Ok(())
     }
@@ -532,11 +601,13 @@ fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
         "xdp_pass" => Some((builtin::XDP_PASS, "xdp_pass")),
         "tcp_state" => Some((builtin::TCP_STATE, "tcp_state")),
         "xdp_exceptions" => Some((builtin::XDP_EXCEPTIONS, "xdp_exceptions")),
+        "cgroup_counter" => Some((builtin::CGROUP_COUNTER, "cgroup_counter")),
+        "socket_counter" => Some((builtin::SOCKET_COUNTER, "socket_counter")),
         _ => None,
     }
 }
 
-fn program_type(p: &Program) -> ProgramType {
+pub(crate) fn program_type(p: &Program) -> ProgramType {
     match p {
         Program::Xdp(_) => ProgramType::Xdp,
         Program::SchedClassifier(_) => ProgramType::Tc,
@@ -593,6 +664,130 @@ impl LoaderState {
         self.pin_root.join(program_id).join("links").join(interface)
     }
 
+    fn hook_dir(&self, program_id: &str) -> PathBuf {
+        self.pin_root.join(program_id).join("hooks")
+    }
+
+    fn attach_hook(
+        &mut self,
+        program_id: &str,
+        target: &HookTarget,
+        deny: bool,
+        sample_every: u32,
+    ) -> Result<Hook, ApiError> {
+        let unknown = self.unknown_program(program_id);
+        let hook_dir = self.hook_dir(program_id);
+        let loaded = self.programs.get_mut(program_id).ok_or(unknown)?;
+        // Attached already: only the options change (the link stays).
+        if let Some(i) = self
+            .hooks
+            .iter()
+            .position(|h| h.hook.program_id == program_id && &h.hook.target == target)
+        {
+            self.hooks.remove(i);
+        }
+        let held = hooks::attach(
+            &mut loaded.ebpf,
+            program_id,
+            &loaded.program_name,
+            &hook_dir,
+            target,
+            deny,
+            sample_every,
+            &mut self.reconciliation,
+        )?;
+        let hook = held.hook.clone();
+        self.hooks.push(held);
+        self.save_hooks();
+        Ok(hook)
+    }
+
+    fn detach_hook(&mut self, program_id: &str, target: &HookTarget) -> Result<Hook, ApiError> {
+        let Some(i) = self
+            .hooks
+            .iter()
+            .position(|h| h.hook.program_id == program_id && &h.hook.target == target)
+        else {
+            let here: Vec<String> = self
+                .hooks
+                .iter()
+                .filter(|h| h.hook.program_id == program_id)
+                .map(|h| h.hook.target.to_string())
+                .collect();
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{program_id} is not attached to {target} (it is attached to: {})",
+                    if here.is_empty() {
+                        "nothing but XDP hooks, if any".to_string()
+                    } else {
+                        here.join(", ")
+                    }
+                ),
+            ));
+        };
+        let held = self.hooks.remove(i);
+        if let (Some(p), Some(id)) = (self.programs.get_mut(program_id), hooks::cgroup_id(target))
+            && p.program_name == "cgroup_counter"
+            && held.hook.deny
+        {
+            let _ = hooks::set_deny(&mut p.ebpf, id, false);
+        }
+        let hook = held.hook.clone();
+        drop(held);
+        let remaining: Vec<&hooks::HeldHook> = self
+            .hooks
+            .iter()
+            .filter(|h| h.hook.program_id == program_id)
+            .collect();
+        hooks::remove_unheld_pins(&self.hook_dir(program_id), &remaining);
+        self.save_hooks();
+        info!(program_id, %target, "detached");
+        Ok(hook)
+    }
+
+    fn save_hooks(&self) {
+        let saved: Vec<hooks::SavedHook> = self.hooks.iter().map(|h| h.saved()).collect();
+        let json = serde_json::to_vec_pretty(&saved).expect("hooks serialize");
+        if let Err(e) = sys::write_atomically(&self.state_dir.join(HOOKS_FILE), &json) {
+            warn!(state_dir = %self.state_dir.display(), error = %e, "saving the hook attachments failed; a restart will not restore them");
+        }
+    }
+
+    /// Attaches again the hooks a previous daemon (or a crashed loader) held, adopting their
+    /// pinned links; removes hook pins nothing wants.
+    fn restore_hooks(&mut self) {
+        let path = self.state_dir.join(HOOKS_FILE);
+        let saved: Vec<hooks::SavedHook> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(file = %path.display(), error = %e, "saved hooks unreadable; starting with none");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
+        for h in saved {
+            if let Err(e) = self.attach_hook(&h.program_id, &h.target, h.deny, h.sample_every) {
+                warn!(program_id = %h.program_id, target = %h.target, error = %e, "cannot attach a saved hook again");
+                self.reconciliation.push(sys::reconciled(
+                    "failed",
+                    format!(
+                        "{} on {}: could not be attached again ({e})",
+                        h.program_id, h.target
+                    ),
+                ));
+            }
+        }
+        for id in self.programs.keys() {
+            let held: Vec<&hooks::HeldHook> = self
+                .hooks
+                .iter()
+                .filter(|h| &h.hook.program_id == id)
+                .collect();
+            hooks::remove_unheld_pins(&self.hook_dir(id), &held);
+        }
+        self.save_hooks();
+    }
+
     fn save_programs(&self) {
         let saved = SavedPrograms {
             next_number: self.next_number.clone(),
@@ -633,7 +828,7 @@ impl LoaderState {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|e| e.file_name() != "links")
+                .filter(|e| e.file_name() != "links" && e.file_name() != "hooks")
                 .count();
             match self.load(&p.name, Some(p.default_mode), Some(&p.id)) {
                 Ok(info) => {
@@ -1189,6 +1384,7 @@ impl LoaderState {
             source,
             default_mode,
             attachments: Vec::new(),
+            hooks: Vec::new(),
             maps,
         };
         self.programs.insert(

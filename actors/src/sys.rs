@@ -173,6 +173,7 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 /// Larger than any bpf_attr layout used here; the kernel requires the unused tail to be zero.
 const ATTR: usize = 128;
@@ -211,6 +212,16 @@ pub fn xdp_link_ifindex(fd: &std::os::fd::OwnedFd) -> std::io::Result<Option<u32
     Ok((word(0) == BPF_LINK_TYPE_XDP).then(|| word(16)))
 }
 
+/// Opens the BPF object pinned at `pin` (BPF_OBJ_GET).
+pub fn obj_get(pin: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut attr = [0u8; ATTR];
+    attr[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
+}
+
 /// The interface an XDP bpf_link pinned at `pin` is attached to; 0 when the link has been
 /// detached.
 pub fn pinned_xdp_link_ifindex(pin: &Path) -> std::io::Result<u32> {
@@ -243,6 +254,18 @@ pub fn link_detach(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
     let mut attr = [0u8; ATTR];
     attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// BPF_LINK_UPDATE: swaps `program` into the link, atomically (the hook is never empty).
+pub fn link_update(
+    link: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = [0u8; ATTR];
+    attr[..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
 }
 
 /// An address as the kernel programs keep it (network-order words as read from the packet,

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use actors::api::{
-    AttachMode, CustomMetric, CustomMetricsRequest, DebugRequest, MetricKind, Request, Response,
-    ShaperRequest,
+    AttachMode, CustomMetric, CustomMetricsRequest, DebugRequest, Direction, MetricKind, Request,
+    Response, ShaperRequest,
 };
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
@@ -71,23 +71,46 @@ enum Command {
         #[arg(long, value_enum)]
         mode: Option<LoadMode>,
     },
-    /// Attach a loaded program to a network interface.
+    /// Attach a loaded program: XDP and TC programs to an interface's hook, a socket filter to
+    /// an AF_PACKET socket on an interface, a cgroup_skb program to a cgroup (--cgroup).
     Attach {
         program_id: String,
-        interface: String,
-        /// Overrides the program's default attach mode.
+        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+        interface: Option<String>,
+        /// XDP: overrides the program's default attach mode.
         #[arg(long, value_enum)]
         mode: Option<AttachModeArg>,
-        /// Replace an XDP program on the interface that this daemon does not manage (another
-        /// tool's); without it, such a program is reported as a conflict and left alone.
+        /// XDP: replace an XDP program on the interface that this daemon does not manage
+        /// (another tool's); without it, such a program is reported as a conflict and left
+        /// alone.
         #[arg(long)]
         force: bool,
+        /// cgroup_skb: a cgroup v2 directory (e.g. /sys/fs/cgroup/unified/app).
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// cgroup_counter: drop the packets of the cgroup's sockets (and of the cgroups below
+        /// it), counted as denied.
+        #[arg(long, requires = "cgroup")]
+        deny: bool,
+        /// TC: the TCX hook, ingress (default) or egress.
+        #[arg(long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// socket_counter: pass one packet in N up to the daemon as a sample.
+        #[arg(long)]
+        sample: Option<u32>,
     },
-    /// Detach a program from an interface.
+    /// Detach a program from an interface (or a cgroup, or a TCX direction).
     Detach {
         program_id: String,
-        interface: String,
+        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+        interface: Option<String>,
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[arg(long, value_enum)]
+        direction: Option<DirectionArg>,
     },
+    /// Attachments other than XDP (cgroups, TCX hooks, sockets) and what they counted.
+    Hooks,
     /// Detach a program everywhere and unload it from the kernel.
     Unload { program_id: String },
     /// List loaded programs.
@@ -168,6 +191,21 @@ enum MetricsAction {
     List,
     /// Stop exporting a custom metric.
     Remove { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DirectionArg {
+    Ingress,
+    Egress,
+}
+
+impl From<DirectionArg> for Direction {
+    fn from(d: DirectionArg) -> Direction {
+        match d {
+            DirectionArg::Ingress => Direction::Ingress,
+            DirectionArg::Egress => Direction::Egress,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -261,22 +299,35 @@ fn main() -> ExitCode {
             ref interface,
             mode,
             force,
+            ref cgroup,
+            deny,
+            direction,
+            sample,
         } => Request::Attach {
             force,
             program_id: program_id.clone(),
-            interface: interface.clone(),
+            interface: interface.clone().unwrap_or_default(),
             mode: mode.map(|m| match m {
                 AttachModeArg::Drv => AttachMode::Drv,
                 AttachModeArg::Skb => AttachMode::Skb,
             }),
+            cgroup: cgroup.clone(),
+            deny,
+            direction: direction.map(Direction::from),
+            sample_every: sample,
         },
         Command::Detach {
             ref program_id,
             ref interface,
+            ref cgroup,
+            direction,
         } => Request::Detach {
             program_id: program_id.clone(),
-            interface: interface.clone(),
+            interface: interface.clone().unwrap_or_default(),
+            cgroup: cgroup.clone(),
+            direction: direction.map(Direction::from),
         },
+        Command::Hooks => Request::Hooks,
         Command::Unload { ref program_id } => Request::Unload {
             program_id: program_id.clone(),
         },
@@ -493,6 +544,17 @@ fn print(
             "attached {} to {} ({} mode)\n",
             a.program_id, a.interface, a.mode
         ),
+        Response::Hooked(h) if as_json => json(h),
+        Response::Hooked(h) => format!(
+            "attached {} to {}{}\n",
+            h.program_id,
+            h.target,
+            render::hook_options(h)
+        ),
+        Response::Unhooked(h) if as_json => json(h),
+        Response::Unhooked(h) => format!("detached {} from {}\n", h.program_id, h.target),
+        Response::Hooks(h) if as_json => json(h),
+        Response::Hooks(h) => render::hooks(h),
         Response::Detached(a) if as_json => json(a),
         Response::Detached(a) => format!("detached {} from {}\n", a.program_id, a.interface),
         Response::Unloaded { program_id } if as_json => {

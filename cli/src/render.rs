@@ -1,8 +1,9 @@
 //! Human output: every table the CLI prints is built here.
 
 use actors::api::{
-    ActorNode, Alert, Attachment, CustomMetricStatus, Health, MapekReport, MetricsSnapshot,
-    PacketCounters, ProgramInfo, ProgramStats, Severity, ShaperStatus, Status, TcpReport,
+    ActorNode, Alert, Attachment, CustomMetricStatus, Health, Hook, HookStats, HookTarget,
+    MapekReport, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats, Severity,
+    ShaperStatus, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
 
@@ -14,7 +15,7 @@ fn table(header: &[&str]) -> Table {
 }
 
 fn attachments_of(p: &ProgramInfo) -> String {
-    if p.attachments.is_empty() {
+    if p.attachments.is_empty() && p.hooks.is_empty() {
         return "-".into();
     }
     p.attachments
@@ -29,8 +30,87 @@ fn attachments_of(p: &ProgramInfo) -> String {
                 )
             }
         })
+        .chain(
+            p.hooks
+                .iter()
+                .map(|h| format!("{}{}", h.target, hook_options(h))),
+        )
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// ` (ingress+egress, deny)`: what `attach` set beyond the target.
+pub fn hook_options(h: &Hook) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let HookTarget::Cgroup { .. } = h.target {
+        parts.push(
+            h.directions
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("+"),
+        );
+    }
+    if h.deny {
+        parts.push("deny".into());
+    }
+    if h.sample_every > 0 {
+        parts.push(format!("1 in {} sampled", h.sample_every));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// `hooks`: each non-XDP attachment and what its program counted.
+pub fn hooks(list: &[HookStats]) -> String {
+    if list.is_empty() {
+        return "no cgroup, TCX or socket attachments; e.g. `x0tta6bl4-ebpf load cgroup_counter` then `attach cgroup_counter-1 --cgroup PATH`\n".into();
+    }
+    let mut t = table(&[
+        "PROGRAM",
+        "ATTACHED TO",
+        "COUNTED",
+        "PACKETS",
+        "BYTES",
+        "DENIED",
+    ]);
+    for h in list {
+        let target = format!("{}{}", h.hook.target, hook_options(&h.hook));
+        if h.counters.is_empty() {
+            t.add_row(vec![
+                h.hook.program_id.clone(),
+                target.clone(),
+                "- (export its maps with `metrics add`)".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for c in &h.counters {
+            t.add_row(vec![
+                h.hook.program_id.clone(),
+                target.clone(),
+                c.what.clone(),
+                c.packets.to_string(),
+                c.bytes.to_string(),
+                c.denied.to_string(),
+            ]);
+        }
+        if h.hook.sample_every > 0 {
+            t.add_row(vec![
+                h.hook.program_id.clone(),
+                target,
+                "samples received".into(),
+                h.samples.to_string(),
+                h.sample_bytes.to_string(),
+                "-".into(),
+            ]);
+        }
+    }
+    format!("{t}\n")
 }
 
 pub fn status(s: &Status) -> String {

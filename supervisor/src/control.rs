@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actors::api::{
-    self, ActorNode, ApiError, Attachment, Check, DebugRequest, ErrorKind, Health, HealthStatus,
-    InterfaceAttachment, MapekReport, PacketCounters, ProgramStats, Request, Response,
-    RulesRequest, Status,
+    self, ActorNode, ApiError, Attachment, Check, DebugRequest, Direction, ErrorKind, Health,
+    HealthStatus, HookTarget, InterfaceAttachment, MapekReport, PacketCounters, ProgramStats,
+    ProgramType, Request, Response, RulesRequest, Status,
 };
 use actors::flows::FlowMsg;
 use actors::interfaces::InterfacesMsg;
@@ -131,30 +131,103 @@ impl Control {
                 interface,
                 mode,
                 force,
-            } => Response::Attached(
-                ask(&interfaces, "InterfaceSupervisor", |reply| {
-                    InterfacesMsg::Attach {
-                        program_id,
-                        interface,
-                        mode,
-                        force,
-                        reply,
+                cgroup,
+                deny,
+                direction,
+                sample_every,
+            } => {
+                let program_type = program_type_of(&loader, &program_id).await?;
+                match hook_target(
+                    program_type,
+                    &program_id,
+                    interface.clone(),
+                    cgroup,
+                    direction,
+                )? {
+                    Some(target) => {
+                        if mode.is_some() || force {
+                            return Err(ApiError::new(
+                                ErrorKind::InvalidRequest,
+                                format!(
+                                    "--mode and --force are for XDP programs; {program_id} is a {}",
+                                    program_type.unwrap_or(ProgramType::Other)
+                                ),
+                            ));
+                        }
+                        Response::Hooked(
+                            ask(&loader, "LoaderActor", |reply| LoaderMsg::AttachHook {
+                                program_id,
+                                target,
+                                deny,
+                                sample_every: sample_every.unwrap_or(0),
+                                reply,
+                            })
+                            .await??,
+                        )
                     }
-                })
-                .await??,
-            ),
+                    None => {
+                        if deny || sample_every.is_some() || direction.is_some() {
+                            return Err(ApiError::new(
+                                ErrorKind::InvalidRequest,
+                                format!(
+                                    "--deny, --sample and --direction are not for XDP programs like {program_id}"
+                                ),
+                            ));
+                        }
+                        Response::Attached(
+                            ask(&interfaces, "InterfaceSupervisor", |reply| {
+                                InterfacesMsg::Attach {
+                                    program_id,
+                                    interface,
+                                    mode,
+                                    force,
+                                    reply,
+                                }
+                            })
+                            .await??,
+                        )
+                    }
+                }
+            }
             Request::Detach {
                 program_id,
                 interface,
-            } => Response::Detached(
-                ask(&interfaces, "InterfaceSupervisor", |reply| {
-                    InterfacesMsg::Detach {
-                        program_id,
-                        interface,
-                        reply,
-                    }
+                cgroup,
+                direction,
+            } => {
+                let program_type = program_type_of(&loader, &program_id).await?;
+                match hook_target(
+                    program_type,
+                    &program_id,
+                    interface.clone(),
+                    cgroup,
+                    direction,
+                )? {
+                    Some(target) => Response::Unhooked(
+                        ask(&loader, "LoaderActor", |reply| LoaderMsg::DetachHook {
+                            program_id,
+                            target,
+                            reply,
+                        })
+                        .await??,
+                    ),
+                    None => Response::Detached(
+                        ask(&interfaces, "InterfaceSupervisor", |reply| {
+                            InterfacesMsg::Detach {
+                                program_id,
+                                interface,
+                                reply,
+                            }
+                        })
+                        .await??,
+                    ),
+                }
+            }
+            Request::Hooks => Response::Hooks(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::HookStats {
+                    reply,
                 })
-                .await??,
+                .await?,
             ),
             Request::Unload { program_id } => {
                 // Check the id first so that an unknown id changes nothing.
@@ -638,6 +711,72 @@ fn flow_actor() -> Result<ActorRef<FlowMsg>, ApiError> {
             ErrorKind::Internal,
             "the FlowActor is restarting; try again in a moment",
         )
+    })
+}
+
+/// The type of loaded program `id`; `None` when no such program is loaded (the XDP path
+/// then reports it).
+async fn program_type_of(
+    loader: &ActorRef<LoaderMsg>,
+    id: &str,
+) -> Result<Option<ProgramType>, ApiError> {
+    let programs = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
+    Ok(programs.iter().find(|p| p.id == id).map(|p| p.program_type))
+}
+
+/// Where a program of `program_type` attaches, for the kinds that are not XDP (`None`: XDP,
+/// or an unknown program).
+fn hook_target(
+    program_type: Option<ProgramType>,
+    program_id: &str,
+    interface: String,
+    cgroup: Option<String>,
+    direction: Option<Direction>,
+) -> Result<Option<HookTarget>, ApiError> {
+    let needs_interface = |what: &str| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!(
+                "{program_id} is a {what} program: name an interface (`attach {program_id} IFACE`), not --cgroup"
+            ),
+        )
+    };
+    Ok(match program_type {
+        Some(ProgramType::CgroupSkb) => match cgroup {
+            Some(path) => Some(HookTarget::Cgroup { path }),
+            None => {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "{program_id} is a cgroup_skb program: name its cgroup with --cgroup PATH (a cgroup v2 directory, e.g. under /sys/fs/cgroup/unified)"
+                    ),
+                ));
+            }
+        },
+        Some(ProgramType::Tc) if cgroup.is_none() => Some(HookTarget::Tc {
+            interface,
+            direction: direction.unwrap_or(Direction::Ingress),
+        }),
+        Some(ProgramType::SocketFilter) if cgroup.is_none() => {
+            Some(HookTarget::Socket { interface })
+        }
+        Some(ProgramType::Tc) => return Err(needs_interface("tc")),
+        Some(ProgramType::SocketFilter) => return Err(needs_interface("socket_filter")),
+        Some(ProgramType::Tracepoint) => {
+            return Err(ApiError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{program_id} is a tracepoint program: it attached to its tracepoint when it loaded"
+                ),
+            ));
+        }
+        _ if cgroup.is_some() => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("--cgroup is for cgroup_skb programs; {program_id} is not one"),
+            ));
+        }
+        _ => None,
     })
 }
 
