@@ -131,6 +131,8 @@ pub enum Request {
     },
     /// Attachments other than XDP (TC, cgroup_skb, socket filter) with their counters.
     Hooks,
+    /// The mesh routes of `xdp_router`: `None` lists them, `Some` replaces them all.
+    Routes(Option<Vec<Route>>),
     Unload {
         program_id: String,
     },
@@ -580,6 +582,7 @@ pub enum Response {
     Hooked(Hook),
     Unhooked(Hook),
     Hooks(Vec<HookStats>),
+    Routes(Vec<RouteStatus>),
     Error(ApiError),
 }
 
@@ -625,6 +628,24 @@ pub struct InterfaceAttachment {
     pub interface: String,
     pub mode: AttachMode,
     pub requested_mode: AttachMode,
+}
+
+/// One mesh route: packets to `prefix` leave through `interface` to `next_hop_mac`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// IPv4 prefix, `10.3.0.0/24` (a bare address is a /32).
+    pub prefix: String,
+    pub interface: String,
+    /// The next hop's MAC on `interface`, `aa:bb:cc:dd:ee:ff`.
+    pub next_hop_mac: String,
+}
+
+/// A route and what the fast path forwarded by it since the routes were last updated.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatus {
+    pub route: Route,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Which way packets go through a TC or cgroup hook.

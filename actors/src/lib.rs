@@ -26,6 +26,8 @@ pub mod mapread;
 #[cfg(feature = "runtime")]
 pub mod restart;
 #[cfg(feature = "runtime")]
+pub mod routes;
+#[cfg(feature = "runtime")]
 pub mod rpc;
 #[cfg(feature = "runtime")]
 pub mod rules;
@@ -57,6 +59,9 @@ pub mod builtin {
     /// ELF object of `xdp_exceptions` (ebpf-kern/src/bin/xdp_exceptions.rs).
     pub static XDP_EXCEPTIONS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_exceptions"));
+    /// ELF object of `xdp_router` (ebpf-kern/src/bin/xdp_router.rs).
+    pub static XDP_ROUTER: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_router"));
     /// ELF object of `tc_shaper` (ebpf-kern/src/bin/tc_shaper.rs).
     pub static TC_SHAPER: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_shaper"));

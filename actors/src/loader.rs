@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::api::{
     ApiError, AttachMode, ErrorKind, Explanation, FirewallRule, Hook, HookStats, HookTarget,
-    PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, RuleAction, RuleSet,
-    RulesRequest, TcpReport,
+    PacketCounters, PacketQuery, ProgramInfo, ProgramType, Protocol, Route, RouteStatus,
+    RuleAction, RuleSet, RulesRequest, TcpReport,
 };
 use crate::attach::HeldLink;
 use crate::hooks;
@@ -120,6 +120,11 @@ pub enum LoaderMsg {
     },
     /// Every hook with what its program counted.
     HookStats { reply: RpcReplyPort<Vec<HookStats>> },
+    /// The mesh routes (`None`: list; `Some`: replace them all, in every `xdp_router`).
+    Routes {
+        change: Option<Vec<Route>>,
+        reply: RpcReplyPort<Result<Vec<RouteStatus>, ApiError>>,
+    },
 }
 
 /// The loaded firewalls whose flow tables the FlowActor reads.
@@ -179,6 +184,8 @@ const RULES_FILE: &str = "firewall-rules.json";
 const PROGRAMS_FILE: &str = "programs.json";
 /// The hook attachments (cgroups, TCX, sockets) as saved in the state dir.
 const HOOKS_FILE: &str = "hooks.json";
+/// The mesh routes as saved in the state dir.
+const ROUTES_FILE: &str = "routes.json";
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct SavedPrograms {
@@ -213,6 +220,8 @@ pub struct LoaderState {
     programs: BTreeMap<String, LoadedProgram>,
     /// Attachments other than XDP (cgroups, TCX hooks, sockets).
     hooks: Vec<hooks::HeldHook>,
+    /// The mesh routes every `xdp_router` forwards by.
+    routes: Vec<Route>,
     /// Next number per program name, so ids are never reused while the daemon runs.
     next_number: BTreeMap<String, u64>,
 }
@@ -328,8 +337,18 @@ impl Actor for LoaderActor {
             pin_root: args.pin_root,
             programs: BTreeMap::new(),
             hooks: Vec::new(),
+            routes: Vec::new(),
             next_number: BTreeMap::new(),
         };
+        let saved_routes = state.state_dir.join(ROUTES_FILE);
+        if let Ok(bytes) = std::fs::read(&saved_routes) {
+            match serde_json::from_slice(&bytes) {
+                Ok(routes) => state.routes = routes,
+                Err(e) => {
+                    warn!(file = %saved_routes.display(), error = %e, "saved routes are unreadable; starting with none")
+                }
+            }
+        }
         state.restore_programs();
         state.restore_hooks();
         Ok(state)
@@ -578,6 +597,9 @@ impl Actor for LoaderActor {
             } => {
                 let _ = reply.send(state.detach_hook(&program_id, &target));
             }
+            LoaderMsg::Routes { change, reply } => {
+                let _ = reply.send(state.routes(change));
+            }
             LoaderMsg::HookStats { reply } => {
                 let stats = state
                     .hooks
@@ -603,6 +625,7 @@ fn builtin(name: &str) -> Option<(&'static [u8], &'static str)> {
         "xdp_exceptions" => Some((builtin::XDP_EXCEPTIONS, "xdp_exceptions")),
         "cgroup_counter" => Some((builtin::CGROUP_COUNTER, "cgroup_counter")),
         "socket_counter" => Some((builtin::SOCKET_COUNTER, "socket_counter")),
+        "xdp_router" => Some((builtin::XDP_ROUTER, "xdp_router")),
         _ => None,
     }
 }
@@ -662,6 +685,32 @@ fn load_error(what: &str, e: ProgramError) -> ApiError {
 impl LoaderState {
     fn link_pin(&self, program_id: &str, interface: &str) -> PathBuf {
         self.pin_root.join(program_id).join("links").join(interface)
+    }
+
+    fn routes(&mut self, change: Option<Vec<Route>>) -> Result<Vec<RouteStatus>, ApiError> {
+        if let Some(routes) = change {
+            let compiled = crate::routes::compile(&routes)?;
+            for p in self
+                .programs
+                .values_mut()
+                .filter(|p| p.program_name == "xdp_router")
+            {
+                crate::routes::install(&mut p.ebpf, &compiled)?;
+            }
+            self.routes = routes;
+            let json = serde_json::to_vec_pretty(&self.routes).expect("routes serialize");
+            if let Err(e) = sys::write_atomically(&self.state_dir.join(ROUTES_FILE), &json) {
+                warn!(error = %e, "saving the routes failed; a restart will not restore them");
+            }
+            info!(routes = self.routes.len(), "routes updated");
+        }
+        let per_router: Vec<Vec<(u64, u64)>> = self
+            .programs
+            .values()
+            .filter(|p| p.program_name == "xdp_router")
+            .map(|p| crate::routes::counters(&p.ebpf, self.routes.len()))
+            .collect();
+        Ok(crate::routes::status(&self.routes, &per_router))
     }
 
     fn hook_dir(&self, program_id: &str) -> PathBuf {
@@ -1356,6 +1405,14 @@ impl LoaderState {
         // The built-in firewall enforces the daemon's rule set and attaches in the configured
         // mode; everything else starts with no rules of ours and driver mode.
         let enforces_rules = wanted_program == Some("xdp_firewall");
+        if program_name == "xdp_router" {
+            // Routes that no longer compile (an interface gone) are left out, not fatal.
+            let compiled = crate::routes::compile(&self.routes).unwrap_or_else(|e| {
+                warn!(error = %e, "the saved routes do not compile here; the router starts with none");
+                Vec::new()
+            });
+            crate::routes::install(&mut ebpf, &compiled)?;
+        }
         let default_mode = if enforces_rules {
             firewall::install(&mut ebpf, &self.compiled).map_err(|e| {
                 ApiError::new(

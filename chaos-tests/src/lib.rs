@@ -255,6 +255,114 @@ impl Default for TwoHosts {
     }
 }
 
+/// Three hosts in a row, A — B — C, each pair joined by a veth: A is 10.61.1.2 (on `a_if`),
+/// B is 10.61.1.1 (on `b_to_a`) and 10.61.3.1 (on `b_to_c`), C is 10.61.3.2 (on `c_if`). A
+/// and C route everything through B; B's kernel does not forward (forwarding is off in a new
+/// namespace), so A reaches C only when something else on B forwards.
+pub struct Chain {
+    pub a: NetNs,
+    pub b: NetNs,
+    pub c: NetNs,
+    pub a_if: String,
+    pub b_to_a: String,
+    pub b_to_c: String,
+    pub c_if: String,
+}
+
+impl Chain {
+    pub const A: Ipv4Addr = Ipv4Addr::new(10, 61, 1, 2);
+    pub const B_A: Ipv4Addr = Ipv4Addr::new(10, 61, 1, 1);
+    pub const B_C: Ipv4Addr = Ipv4Addr::new(10, 61, 3, 1);
+    pub const C: Ipv4Addr = Ipv4Addr::new(10, 61, 3, 2);
+
+    pub fn new() -> Chain {
+        require_root();
+        let (a, b, c) = (NetNs::new("ca"), NetNs::new("cb"), NetNs::new("cc"));
+        let (a_if, b_to_a, b_to_c, c_if) =
+            (unique("ra"), unique("rba"), unique("rbc"), unique("rc"));
+        for (x, xi, y, yi) in [(&a, &a_if, &b, &b_to_a), (&c, &c_if, &b, &b_to_c)] {
+            run(Command::new("ip").args([
+                "link", "add", xi, "netns", &x.name, "type", "veth", "peer", "name", yi, "netns",
+                &y.name,
+            ]));
+        }
+        for (ns, ifname, address) in [
+            (&a, &a_if, "10.61.1.2/24"),
+            (&b, &b_to_a, "10.61.1.1/24"),
+            (&b, &b_to_c, "10.61.3.1/24"),
+            (&c, &c_if, "10.61.3.2/24"),
+        ] {
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{ifname}.disable_ipv6=1"),
+            ]);
+            ns.exec(&["ip", "addr", "add", address, "dev", ifname]);
+            ns.exec(&["ip", "link", "set", ifname, "up"]);
+        }
+        a.exec(&["ip", "route", "add", "default", "via", "10.61.1.1"]);
+        c.exec(&["ip", "route", "add", "default", "via", "10.61.3.1"]);
+        b.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+        Chain {
+            a,
+            b,
+            c,
+            a_if,
+            b_to_a,
+            b_to_c,
+            c_if,
+        }
+    }
+
+    /// The MAC of `ifname` in `ns`.
+    pub fn mac(ns: &NetNs, ifname: &str) -> String {
+        let out = ns.exec(&["ip", "-j", "link", "show", "dev", ifname]);
+        let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+        link[0]["address"].as_str().expect("a MAC").to_string()
+    }
+
+    /// Pings `to` from A; returns the replies.
+    pub fn ping_from_a(&self, to: Ipv4Addr, count: u32) -> u32 {
+        let out = self
+            .a
+            .command("ping")
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+            ])
+            .arg(to.to_string())
+            .output()
+            .expect("run ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+    }
+
+    /// The routes file B needs to forward between A and C.
+    pub fn routes_json(&self) -> String {
+        serde_json::json!([
+            {"prefix": "10.61.3.0/24", "interface": self.b_to_c, "next_hop_mac": Chain::mac(&self.c, &self.c_if)},
+            {"prefix": "10.61.1.0/24", "interface": self.b_to_a, "next_hop_mac": Chain::mac(&self.a, &self.a_if)},
+        ])
+        .to_string()
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A veth pair in the namespace of the calling process (for in-process actor tests, whose
 /// threads live there), deleted on drop.
 pub struct LocalVeth {

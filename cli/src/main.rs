@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actors::api::{
     AttachMode, CustomMetric, CustomMetricsRequest, DebugRequest, Direction, MetricKind, Request,
-    Response, ShaperRequest,
+    Response, Route, ShaperRequest,
 };
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
@@ -111,6 +111,11 @@ enum Command {
     },
     /// Attachments other than XDP (cgroups, TCX hooks, sockets) and what they counted.
     Hooks,
+    /// Mesh routes of the XDP fast path (`xdp_router`): update FILE, list.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Detach a program everywhere and unload it from the kernel.
     Unload { program_id: String },
     /// List loaded programs.
@@ -191,6 +196,51 @@ enum MetricsAction {
     List,
     /// Stop exporting a custom metric.
     Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum RoutesCommand {
+    /// Replace every route with those of FILE (JSON): a list of {"prefix", "interface",
+    /// "next_hop_mac"}, or an object of prefix → {"interface", "next_hop_mac"}.
+    Update { file: PathBuf },
+    /// The routes and what the fast path forwarded by each since the last update.
+    List,
+}
+
+/// Reads a routes file in either of its two shapes.
+fn read_routes(file: &std::path::Path) -> Result<Vec<Route>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Via {
+        interface: String,
+        next_hop_mac: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Shape {
+        List(Vec<Route>),
+        Wrapped { routes: Vec<Route> },
+        Map(std::collections::BTreeMap<String, Via>),
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let shape: Shape = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a routes file ({e}): write a JSON list of {{\"prefix\": \"10.3.0.0/24\", \"interface\": \"eth1\", \"next_hop_mac\": \"aa:bb:cc:dd:ee:ff\"}}",
+            file.display()
+        )
+    })?;
+    Ok(match shape {
+        Shape::List(r) | Shape::Wrapped { routes: r } => r,
+        Shape::Map(m) => m
+            .into_iter()
+            .map(|(prefix, v)| Route {
+                prefix,
+                interface: v.interface,
+                next_hop_mac: v.next_hop_mac,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -328,6 +378,18 @@ fn main() -> ExitCode {
             direction: direction.map(Direction::from),
         },
         Command::Hooks => Request::Hooks,
+        Command::Routes {
+            command: RoutesCommand::List,
+        } => Request::Routes(None),
+        Command::Routes {
+            command: RoutesCommand::Update { ref file },
+        } => match read_routes(file) {
+            Ok(r) => Request::Routes(Some(r)),
+            Err(message) => {
+                eprintln!("x0tta6bl4-ebpf: {message}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Unload { ref program_id } => Request::Unload {
             program_id: program_id.clone(),
         },
@@ -553,6 +615,8 @@ fn print(
         ),
         Response::Unhooked(h) if as_json => json(h),
         Response::Unhooked(h) => format!("detached {} from {}\n", h.program_id, h.target),
+        Response::Routes(r) if as_json => json(r),
+        Response::Routes(r) => render::routes(r),
         Response::Hooks(h) if as_json => json(h),
         Response::Hooks(h) => render::hooks(h),
         Response::Detached(a) if as_json => json(a),

@@ -2,7 +2,7 @@
 
 use actors::api::{
     ActorNode, Alert, Attachment, CustomMetricStatus, Health, Hook, HookStats, HookTarget,
-    MapekReport, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats, Severity,
+    MapekReport, MetricsSnapshot, PacketCounters, ProgramInfo, ProgramStats, RouteStatus, Severity,
     ShaperStatus, Status, TcpReport,
 };
 use comfy_table::{Table, presets::NOTHING};
@@ -62,6 +62,24 @@ pub fn hook_options(h: &Hook) -> String {
     } else {
         format!(" ({})", parts.join(", "))
     }
+}
+
+/// `routes list`.
+pub fn routes(list: &[RouteStatus]) -> String {
+    if list.is_empty() {
+        return "no routes; `x0tta6bl4-ebpf routes update FILE` (and `load xdp_router`, attached to the mesh interfaces)\n".into();
+    }
+    let mut t = table(&["PREFIX", "INTERFACE", "NEXT HOP", "PACKETS", "BYTES"]);
+    for r in list {
+        t.add_row(vec![
+            r.route.prefix.clone(),
+            r.route.interface.clone(),
+            r.route.next_hop_mac.clone(),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+        ]);
+    }
+    format!("{t}\n")
 }
 
 /// `hooks`: each non-XDP attachment and what its program counted.

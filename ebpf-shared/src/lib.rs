@@ -230,6 +230,33 @@ pub mod socket {
     pub const SF_MAX: u32 = 1024;
 }
 
+/// `xdp_router`: the mesh fast path. An IPv4 packet whose destination has a route is
+/// forwarded by XDP (TTL decremented, MACs rewritten, redirected to the next hop's
+/// interface); everything else goes to the kernel stack.
+pub mod routes {
+    /// `LpmTrie<[u8; 4], u32>`: IPv4 prefix → route slot (`LOCAL`: this node's own address).
+    pub const ROUTES: &str = "ROUTES";
+    /// `Array<NextHop>`, indexed by route slot.
+    pub const ROUTE_NEXT: &str = "ROUTE_NEXT";
+    /// `PerCpuArray<[u64; 2]>`, indexed by route slot: packets and bytes forwarded.
+    pub const ROUTE_STATS: &str = "ROUTE_STATS";
+    pub const ROUTES_MAX: u32 = 16384;
+    /// The slot of this node's own addresses: such packets are the stack's.
+    pub const LOCAL: u32 = u32::MAX;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct NextHop {
+        pub ifindex: u32,
+        pub dst_mac: [u8; 6],
+        pub src_mac: [u8; 6],
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: plain old data, no padding (4 + 6 + 6 bytes).
+    unsafe impl aya::Pod for NextHop {}
+}
+
 /// Maps of `tcp_state`, the TCP connection probe (tracepoint `sock/inet_sock_set_state`).
 pub mod tcp {
     /// `LruHashMap<u64, u64>`: socket address → when it entered SYN_SENT (ns).

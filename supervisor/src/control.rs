@@ -223,6 +223,13 @@ impl Control {
                     ),
                 }
             }
+            Request::Routes(change) => Response::Routes(
+                ask(&loader, "LoaderActor", |reply| LoaderMsg::Routes {
+                    change,
+                    reply,
+                })
+                .await??,
+            ),
             Request::Hooks => Response::Hooks(
                 ask(&loader, "LoaderActor", |reply| LoaderMsg::HookStats {
                     reply,
