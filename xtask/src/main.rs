@@ -11,6 +11,7 @@
 mod bench;
 mod demo;
 mod flowbench;
+mod meshbench;
 mod setup;
 
 use std::process::Command;
@@ -37,12 +38,15 @@ enum Task {
         #[arg(long)]
         duration: Option<u64>,
     },
-    /// Per-packet cost side by side with xdp-filter, and reading a million flows; writes
-    /// BENCHMARKS.md.
+    /// Per-packet cost side by side with xdp-filter, reading a million flows, the shaper's
+    /// accuracy and the routes fast path against kernel forwarding; writes BENCHMARKS.md.
     Bench {
         /// Run only the flow-read part and print it (BENCHMARKS.md is left alone).
         #[arg(long)]
         flows_only: bool,
+        /// Run only the shaper and routes part and print it (BENCHMARKS.md is left alone).
+        #[arg(long)]
+        mesh_only: bool,
         /// Set by the bench itself when it runs again from the release build.
         #[arg(long, hide = true)]
         release_built: bool,
@@ -64,11 +68,16 @@ fn main() {
             .and_then(|_| demo::run(duration)),
         Task::Bench {
             flows_only,
+            mesh_only,
             release_built: true,
-        } => bench::run(flows_only),
+        } => bench::run(flows_only, mesh_only),
         // The daemon and CLI are measured as shipped: the release build, which the bench
         // then runs from (the testbed starts the binaries beside the running executable).
-        Task::Bench { flows_only, .. } => setup::run().and_then(|_| {
+        Task::Bench {
+            flows_only,
+            mesh_only,
+            ..
+        } => setup::run().and_then(|_| {
             status(cargo().args(["build", "--release", "--bins"]))
                 .context("building the release binaries")?;
             // This is target/debug/xtask; its release twin is target/release/xtask.
@@ -81,6 +90,9 @@ fn main() {
             again.args(["bench", "--release-built"]);
             if flows_only {
                 again.arg("--flows-only");
+            }
+            if mesh_only {
+                again.arg("--mesh-only");
             }
             status(&mut again).context("the benchmark (release build)")
         }),
