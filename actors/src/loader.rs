@@ -572,6 +572,9 @@ impl Actor for LoaderActor {
             LoaderMsg::Shutdown { keep, reply } => {
                 state.stopping = true;
                 if !keep {
+                    // Their links go with the pins below; the sockets close.
+                    state.hooks.clear();
+                    state.save_hooks();
                     for id in state.programs.keys() {
                         sys::remove_pins(&state.pin_root.join(id));
                     }

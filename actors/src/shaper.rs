@@ -337,6 +337,12 @@ pub enum ShaperMsg {
     /// its interface, an interface that came back).
     Tick,
     Crash,
+    /// The daemon stops. Unless `keep`, everything of the shaper leaves the kernel (qdiscs,
+    /// links, pins); the settings stay saved, for the next start.
+    Shutdown {
+        keep: bool,
+        reply: RpcReplyPort<()>,
+    },
 }
 
 pub struct ShaperArgs {
@@ -357,6 +363,8 @@ pub struct ShaperState {
     links: BTreeMap<String, (u32, FdLink)>,
     /// Why a setting is not in force, per interface.
     failures: BTreeMap<String, String>,
+    /// Set at shutdown: the settings are no longer put back.
+    stopped: bool,
 }
 
 pub struct ShaperActor;
@@ -507,6 +515,21 @@ impl ShaperState {
         }
         info!(interface, "shaper cleared");
         Ok(())
+    }
+
+    /// Takes every setting out of the kernel (the saved settings stay): classifier links,
+    /// qdiscs, pins.
+    fn remove_all(&mut self) {
+        self.links.clear();
+        for s in self.settings.values() {
+            if let Ok(ifindex) = nix::net::if_::if_nametoindex(s.interface.as_str())
+                && let Err(e) = remove_qdiscs(ifindex)
+            {
+                warn!(interface = %s.interface, error = %e, "removing the shaper's qdiscs at shutdown");
+            }
+        }
+        sys::remove_pins(&self.pin_dir);
+        info!("shaper: removed from the kernel (its settings stay saved)");
     }
 
     fn names(&self) -> String {
@@ -688,6 +711,7 @@ impl Actor for ShaperActor {
                 .collect(),
             links: BTreeMap::new(),
             failures: BTreeMap::new(),
+            stopped: false,
         };
         // Link pins of interfaces no longer shaped (cleared while the daemon was down).
         for e in std::fs::read_dir(state.pin_dir.join("links"))
@@ -715,7 +739,18 @@ impl Actor for ShaperActor {
             ShaperMsg::Request { request, reply } => {
                 let _ = reply.send(state.handle(request));
             }
-            ShaperMsg::Tick => state.check(),
+            ShaperMsg::Tick => {
+                if !state.stopped {
+                    state.check();
+                }
+            }
+            ShaperMsg::Shutdown { keep, reply } => {
+                state.stopped = true;
+                if !keep {
+                    state.remove_all();
+                }
+                let _ = reply.send(());
+            }
             ShaperMsg::Crash => panic!("fault injected into ShaperActor"),
         }
         Ok(())

@@ -190,7 +190,7 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
 #[test]
 fn the_config_shapes_the_interface_at_start() {
     let hosts = TwoHosts::new();
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         &hosts.a,
         &format!(
             "interface = \"{}\"\n[programs.tc_shaper]\ntype = \"tc\"\nbandwidth_limit = \"20mbit\"\nlatency_target = \"20ms\"\n",
@@ -203,4 +203,9 @@ fn the_config_shapes_the_interface_at_start() {
     // 2.5 MB/s × 18 ms.
     assert_eq!(shown[0]["queue_limit_bytes"], 45_000);
     assert_eq!(shown[0]["state"], "active");
+    assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
+    // A clean stop takes the shaper out of the kernel: qdiscs, link, pins.
+    assert!(daemon.stop().success());
+    assert!(!root_qdisc(&hosts.a, &hosts.if_a).contains("htb"));
+    assert!(!daemon.pin_root.exists(), "no pins of ours are left behind");
 }

@@ -325,11 +325,19 @@ async fn run(
         w.abort();
     }
     server.abort();
+    let keep = config.keep_attached_on_shutdown;
+    if let Some(shaper) = ActorRef::<actors::shaper::ShaperMsg>::where_is(actors::shaper::SHAPER)
+        && let Err(e) = ask(&shaper, "ShaperActor", |reply| {
+            actors::shaper::ShaperMsg::Shutdown { keep, reply }
+        })
+        .await
+    {
+        error!(error = %e, "removing the shaper at shutdown");
+    }
     // Alerts, metrics and the MAPE-K loop go first: the loop must not act on the teardown
     // (retry the attachments being detached, say).
     services.stop(None);
     let _ = services_handle.await;
-    let keep = config.keep_attached_on_shutdown;
     if keep {
         info!(
             "shutting down: programs stay attached on their pinned links (keep_attached_on_shutdown); the next start adopts them"
