@@ -116,6 +116,8 @@ pub enum Request {
         force: bool,
         /// A cgroup v2 directory, for cgroup_skb programs.
         cgroup: Option<String>,
+        /// `category/name`, for tracepoint programs.
+        tracepoint: Option<String>,
         /// `cgroup_counter` only: drop the packets of the cgroup's sockets (counted).
         deny: bool,
         /// TC programs: ingress (the default) or egress.
@@ -127,6 +129,7 @@ pub enum Request {
         program_id: String,
         interface: String,
         cgroup: Option<String>,
+        tracepoint: Option<String>,
         direction: Option<Direction>,
     },
     /// Attachments other than XDP (TC, cgroup_skb, socket filter) with their counters.
@@ -678,6 +681,8 @@ pub enum HookTarget {
     },
     /// An AF_PACKET socket the daemon holds open on an interface.
     Socket { interface: String },
+    /// A kernel tracepoint, `category/name` (a user's tracepoint program).
+    Tracepoint { category: String, name: String },
 }
 
 impl std::fmt::Display for HookTarget {
@@ -689,6 +694,7 @@ impl std::fmt::Display for HookTarget {
                 direction,
             } => write!(f, "tcx {direction} on {interface}"),
             HookTarget::Socket { interface } => write!(f, "AF_PACKET socket on {interface}"),
+            HookTarget::Tracepoint { category, name } => write!(f, "tracepoint {category}/{name}"),
         }
     }
 }
@@ -1262,6 +1268,7 @@ mod tests {
             mode: None,
             force: false,
             cgroup: None,
+            tracepoint: None,
             deny: false,
             direction: None,
             sample_every: None,
@@ -1272,6 +1279,7 @@ mod tests {
             mode: None,
             force: false,
             cgroup: Some("/sys/fs/cgroup/unified/app".into()),
+            tracepoint: None,
             deny: true,
             direction: Some(Direction::Egress),
             sample_every: Some(10),

@@ -18,6 +18,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, PerCpuHashMap};
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::trace_point::TracePointLink;
 use aya::programs::{LinkOrder, Program, SchedClassifier, SocketFilter, TcAttachType};
 use ebpf_shared::cgroup::CgroupKey;
 use tracing::{info, warn};
@@ -50,6 +51,8 @@ pub struct HeldHook {
 enum Holder {
     Links(#[expect(dead_code, reason = "held: dropping them lets the links go")] Vec<Held>),
     Socket(SocketReader),
+    /// A perf-event link: it dies with the daemon, which attaches it again at start.
+    Tracepoint(#[expect(dead_code, reason = "held: dropping it detaches")] TracePointLink),
 }
 
 /// The AF_PACKET socket of a socket filter, and the thread that reads the samples the filter
@@ -93,6 +96,7 @@ fn pin_name(target: &HookTarget, direction: Direction, cgroup_id: u64) -> String
         HookTarget::Cgroup { .. } => format!("cgroup-{cgroup_id}-{direction}"),
         HookTarget::Tc { interface, .. } => format!("tcx-{interface}-{direction}"),
         HookTarget::Socket { interface } => format!("socket-{interface}"),
+        HookTarget::Tracepoint { category, name } => format!("tracepoint-{category}-{name}"),
     }
 }
 
@@ -311,6 +315,22 @@ pub fn attach(
                 Vec::new(),
             )
         }
+        (Program::TracePoint(prog), HookTarget::Tracepoint { category, name }) => {
+            sys::ensure_tracefs().map_err(|m| api(ErrorKind::Unsupported, m))?;
+            let id = prog.attach(category, name).map_err(|e| {
+                api(
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "attaching {program_id} to the tracepoint {category}/{name} failed: {} (see /sys/kernel/tracing/events/ for the tracepoints there are)",
+                        sys::chain(&e)
+                    ),
+                )
+            })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| internal("taking the link", &e))?;
+            (Holder::Tracepoint(link), Vec::new())
+        }
         (_, target) => {
             let wants = match program_type {
                 ProgramType::CgroupSkb => "a cgroup: `attach ID --cgroup PATH`",
@@ -318,6 +338,7 @@ pub fn attach(
                 ProgramType::SocketFilter => {
                     "an interface, whose packets it filters: `attach ID IFACE`"
                 }
+                ProgramType::Tracepoint => "a tracepoint: `attach ID --tracepoint CATEGORY/NAME`",
                 _ => "its own kind of hook",
             };
             return Err(api(
@@ -588,7 +609,7 @@ pub fn stats(ebpf: &Ebpf, program_name: &str, held: &HeldHook) -> HookStats {
             r.samples.load(Ordering::Relaxed),
             r.bytes.load(Ordering::Relaxed),
         ),
-        Holder::Links(_) => (0, 0),
+        Holder::Links(_) | Holder::Tracepoint(_) => (0, 0),
     };
     HookStats {
         hook: held.hook.clone(),

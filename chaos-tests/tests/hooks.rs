@@ -1,7 +1,7 @@
 //! Attachments other than XDP, through the real daemon and CLI: `cgroup_counter` on a test
 //! cgroup (a real process moved into it; counts per direction, deny, surviving a SIGKILL),
 //! `socket_counter` on an AF_PACKET socket (real traffic counted exactly, samples received),
-//! and user objects of these types loaded from programs_dir (cgroup_skb, TC).
+//! and user objects of these types loaded from programs_dir (cgroup_skb, TC, tracepoint).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -234,7 +234,7 @@ fn socket_counter_counts_what_its_socket_sees_and_passes_samples_up() {
 
 /// User objects of these types, from programs_dir, load and attach the same way.
 #[test]
-fn user_objects_of_cgroup_skb_and_tc_types_load_and_attach() {
+fn user_objects_of_cgroup_skb_tc_and_tracepoint_types_load_and_attach() {
     let hosts = TwoHosts::new();
     let cgroup = TestCgroup::new();
     let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
@@ -282,6 +282,41 @@ fn user_objects_of_cgroup_skb_and_tc_types_load_and_attach() {
             .any(|h| h["hook"]["target"]["tc"]["direction"] == "egress"),
         "{hooks}"
     );
+    // A tracepoint program is attached to the tracepoint named.
+    std::fs::write(programs.join("my_tp.o"), actors::builtin::TCP_STATE).unwrap();
+    let tp = daemon.cli_json(&["load", "my_tp"]);
+    assert_eq!(tp["program_type"], "tracepoint", "{tp}");
+    let tp_id = tp["id"].as_str().unwrap().to_string();
+    let tp_kernel_id = tp["kernel_id"].as_u64().unwrap();
+    let out = daemon.cli(&["attach", &tp_id, "--tracepoint", "sock"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("CATEGORY/NAME"),
+        "{}",
+        stderr(&out)
+    );
+    let out = daemon.cli(&["attach", &tp_id, "--tracepoint", "sock/no_such_event"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("no_such_event"),
+        "{}",
+        stderr(&out)
+    );
+    daemon.cli_json(&["attach", &tp_id, "--tracepoint", "sock/inet_sock_set_state"]);
+    let links = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    let links: Value = serde_json::from_slice(&links.stdout).unwrap();
+    assert!(
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["prog_id"] == tp_kernel_id),
+        "no link of the tracepoint program {tp_kernel_id}: {links}"
+    );
+    daemon.cli_json(&["detach", &tp_id, "--tracepoint", "sock/inet_sock_set_state"]);
+    daemon.cli_json(&["unload", &tp_id]);
+
     // An XDP flag on a TC program is refused.
     let out = daemon.cli(&["attach", &tc_id, &hosts.if_a, "--mode", "skb"]);
     assert!(

@@ -75,7 +75,10 @@ enum Command {
     /// an AF_PACKET socket on an interface, a cgroup_skb program to a cgroup (--cgroup).
     Attach {
         program_id: String,
-        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+        #[arg(
+            required_unless_present_any = ["cgroup", "tracepoint"],
+            conflicts_with_all = ["cgroup", "tracepoint"]
+        )]
         interface: Option<String>,
         /// XDP: overrides the program's default attach mode.
         #[arg(long, value_enum)]
@@ -88,6 +91,9 @@ enum Command {
         /// cgroup_skb: a cgroup v2 directory (e.g. /sys/fs/cgroup/unified/app).
         #[arg(long)]
         cgroup: Option<String>,
+        /// A tracepoint program: its tracepoint, CATEGORY/NAME (e.g. sock/inet_sock_set_state).
+        #[arg(long, conflicts_with = "cgroup")]
+        tracepoint: Option<String>,
         /// cgroup_counter: drop the packets of the cgroup's sockets (and of the cgroups below
         /// it), counted as denied.
         #[arg(long, requires = "cgroup")]
@@ -102,10 +108,15 @@ enum Command {
     /// Detach a program from an interface (or a cgroup, or a TCX direction).
     Detach {
         program_id: String,
-        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+        #[arg(
+            required_unless_present_any = ["cgroup", "tracepoint"],
+            conflicts_with_all = ["cgroup", "tracepoint"]
+        )]
         interface: Option<String>,
         #[arg(long)]
         cgroup: Option<String>,
+        #[arg(long, conflicts_with = "cgroup")]
+        tracepoint: Option<String>,
         #[arg(long, value_enum)]
         direction: Option<DirectionArg>,
     },
@@ -350,6 +361,7 @@ fn main() -> ExitCode {
             mode,
             force,
             ref cgroup,
+            ref tracepoint,
             deny,
             direction,
             sample,
@@ -362,6 +374,7 @@ fn main() -> ExitCode {
                 AttachModeArg::Skb => AttachMode::Skb,
             }),
             cgroup: cgroup.clone(),
+            tracepoint: tracepoint.clone(),
             deny,
             direction: direction.map(Direction::from),
             sample_every: sample,
@@ -370,11 +383,13 @@ fn main() -> ExitCode {
             ref program_id,
             ref interface,
             ref cgroup,
+            ref tracepoint,
             direction,
         } => Request::Detach {
             program_id: program_id.clone(),
             interface: interface.clone().unwrap_or_default(),
             cgroup: cgroup.clone(),
+            tracepoint: tracepoint.clone(),
             direction: direction.map(Direction::from),
         },
         Command::Hooks => Request::Hooks,

@@ -132,6 +132,7 @@ impl Control {
                 mode,
                 force,
                 cgroup,
+                tracepoint,
                 deny,
                 direction,
                 sample_every,
@@ -142,6 +143,7 @@ impl Control {
                     &program_id,
                     interface.clone(),
                     cgroup,
+                    tracepoint,
                     direction,
                 )? {
                     Some(target) => {
@@ -193,6 +195,7 @@ impl Control {
                 program_id,
                 interface,
                 cgroup,
+                tracepoint,
                 direction,
             } => {
                 let program_type = program_type_of(&loader, &program_id).await?;
@@ -201,6 +204,7 @@ impl Control {
                     &program_id,
                     interface.clone(),
                     cgroup,
+                    tracepoint,
                     direction,
                 )? {
                     Some(target) => Response::Unhooked(
@@ -738,6 +742,7 @@ fn hook_target(
     program_id: &str,
     interface: String,
     cgroup: Option<String>,
+    tracepoint: Option<String>,
     direction: Option<Direction>,
 ) -> Result<Option<HookTarget>, ApiError> {
     let needs_interface = |what: &str| {
@@ -770,11 +775,27 @@ fn hook_target(
         Some(ProgramType::Tc) => return Err(needs_interface("tc")),
         Some(ProgramType::SocketFilter) => return Err(needs_interface("socket_filter")),
         Some(ProgramType::Tracepoint) => {
+            match tracepoint.as_deref().and_then(|t| t.split_once('/')) {
+                Some((category, name)) if !category.is_empty() && !name.is_empty() => {
+                    Some(HookTarget::Tracepoint {
+                        category: category.to_string(),
+                        name: name.to_string(),
+                    })
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "{program_id} is a tracepoint program: name its tracepoint with --tracepoint CATEGORY/NAME (e.g. sock/inet_sock_set_state)"
+                        ),
+                    ));
+                }
+            }
+        }
+        _ if tracepoint.is_some() => {
             return Err(ApiError::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "{program_id} is a tracepoint program: it attached to its tracepoint when it loaded"
-                ),
+                ErrorKind::InvalidRequest,
+                format!("--tracepoint is for tracepoint programs; {program_id} is not one"),
             ));
         }
         _ if cgroup.is_some() => {
