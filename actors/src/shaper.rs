@@ -68,27 +68,27 @@ const MIN_QUEUE_BYTES: u64 = 2 * 1514;
 /// The largest packet a qdisc is handed: a 64 KiB GSO packet (the class's burst).
 const MAX_PACKET_BYTES: u64 = 64 * 1024;
 
-/// `"100mbit"` → bits per second. Units: bit, kbit, mbit, gbit (also `bps` for bit).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
+/// `"100mbit"` → (100, "mbit"), lower-cased; `None` when there is no number.
+fn number_and_unit(s: &str) -> Option<(f64, String)> {
     let lower = s.trim().to_ascii_lowercase();
     let split = lower
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
-    let multiplier = match unit {
+    Some((number.parse().ok()?, unit.to_string()))
+}
+
+/// `"100mbit"` → bits per second. Units: bit, kbit, mbit, gbit (also `bps` for bit).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let not_a_rate = || format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit");
+    let (n, unit) = number_and_unit(s).ok_or_else(not_a_rate)?;
+    let multiplier = match unit.as_str() {
         "bit" | "bps" => 1.0,
         "kbit" => 1e3,
         "mbit" => 1e6,
         "gbit" => 1e9,
-        _ => {
-            return Err(format!(
-                "{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"
-            ));
-        }
+        _ => return Err(not_a_rate()),
     };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"))?;
     let bits = n * multiplier;
     if bits.is_nan() || bits < 8.0 {
         return Err(format!("{s:?} is not a positive rate of at least 8bit"));
@@ -101,20 +101,14 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// `"50ms"` → microseconds. Units: us, ms, s.
 pub fn parse_latency(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let multiplier = match unit {
+    let not_a_duration = || format!("{s:?} is not a duration: write e.g. 50ms");
+    let (n, unit) = number_and_unit(s).ok_or_else(not_a_duration)?;
+    let multiplier = match unit.as_str() {
         "us" => 1.0,
         "ms" => 1e3,
         "s" => 1e6,
-        _ => return Err(format!("{s:?} is not a duration: write e.g. 50ms")),
+        _ => return Err(not_a_duration()),
     };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: write e.g. 50ms"))?;
     let us = n * multiplier;
     if us.is_nan() || us < 1.0 {
         return Err(format!("{s:?} is not a positive duration"));

@@ -241,11 +241,7 @@ impl TwoHosts {
             .arg(self.ip_a.to_string())
             .output()
             .expect("run ping (package iputils-ping; `cargo xtask setup` installs it)");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+        ping_replies(&out)
     }
 }
 
@@ -253,6 +249,75 @@ impl Default for TwoHosts {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The replies `ping -q` reports in its summary.
+pub fn ping_replies(out: &Output) -> u32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+}
+
+/// An iperf3 server in a namespace, killed when dropped.
+pub struct Iperf3Server(std::process::Child);
+
+impl Iperf3Server {
+    pub fn start(ns: &NetNs, bind: Ipv4Addr) -> Iperf3Server {
+        let child = ns
+            .command("iperf3")
+            .args(["-s", "-B", &bind.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start iperf3 (package iperf3; `cargo xtask setup` installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Iperf3Server(child)
+    }
+}
+
+impl Drop for Iperf3Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs an iperf3 TCP client in `ns` to `to` for `seconds` (the first second, slow start,
+/// left out) while pinging `to` every 20 ms; returns iperf3's received rate (bit/s) and the
+/// ping RTTs (ms).
+pub fn iperf3_with_ping(ns: &NetNs, to: Ipv4Addr, seconds: u32) -> (f64, Vec<f64>) {
+    let to = to.to_string();
+    let ping = ns
+        .command("ping")
+        .args(["-n", "-i", "0.02", "-w", &(seconds + 1).to_string(), &to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start ping");
+    let out = ns
+        .command("iperf3")
+        .args(["-c", &to, "-t", &seconds.to_string(), "-O", "1", "-J"])
+        .output()
+        .expect("run iperf3");
+    assert!(
+        out.status.success(),
+        "iperf3 failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
+    let rate = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 reports the received rate");
+    let ping = ping.wait_with_output().expect("ping ends");
+    let rtts = String::from_utf8_lossy(&ping.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    (rate, rtts)
 }
 
 /// Three hosts in a row, A — B — C, each pair joined by a veth: A is 10.61.1.2 (on `a_if`),
@@ -340,11 +405,7 @@ impl Chain {
             .arg(to.to_string())
             .output()
             .expect("run ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+        ping_replies(&out)
     }
 
     /// The routes file B needs to forward between A and C.

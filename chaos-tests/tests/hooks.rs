@@ -45,11 +45,7 @@ impl TestCgroup {
             .args(["-c", &script])
             .output()
             .expect("run ping in the cgroup");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" received")))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("cannot read ping's summary: {text}"))
+        chaos_tests::ping_replies(&out)
     }
 }
 

@@ -2,76 +2,9 @@
 //! configured rate, the queueing delay stays under the latency target, the shaping survives a
 //! SIGKILL of the daemon, and `clear` gives the interface back.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use chaos_tests::{Daemon, NetNs, TwoHosts};
-
-/// Kills the iperf3 server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn iperf3_server(ns: &NetNs, bind: &str, port: u16) -> Server {
-    let child = ns
-        .command("iperf3")
-        .args(["-s", "-B", bind, "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start iperf3 (package iperf3; `cargo xtask setup` installs it)");
-    std::thread::sleep(Duration::from_millis(300));
-    Server(child)
-}
-
-/// Runs an iperf3 TCP client in `ns` for `seconds` (the first second, slow start, left out)
-/// while pinging `to` every 20 ms; returns the received rate (bit/s) and the ping RTTs (ms).
-fn measure(ns: &NetNs, to: &str, port: u16, seconds: u32) -> (f64, Vec<f64>) {
-    let ping = ns
-        .command("ping")
-        .args(["-n", "-i", "0.02", "-w", &(seconds + 1).to_string(), to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ping");
-    let out = ns
-        .command("iperf3")
-        .args([
-            "-c",
-            to,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &seconds.to_string(),
-            "-O",
-            "1",
-            "-J",
-        ])
-        .output()
-        .expect("run iperf3");
-    assert!(
-        out.status.success(),
-        "iperf3 failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
-    let rate = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("iperf3 reports the received rate");
-    let ping = ping.wait_with_output().expect("ping ends");
-    let rtts = String::from_utf8_lossy(&ping.stdout)
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
-        .collect();
-    (rate, rtts)
-}
+use chaos_tests::{Daemon, Iperf3Server, NetNs, TwoHosts, iperf3_with_ping};
 
 fn root_qdisc(ns: &NetNs, interface: &str) -> String {
     let out = ns.exec(&["tc", "qdisc", "show", "dev", interface, "root"]);
@@ -82,12 +15,12 @@ fn root_qdisc(ns: &NetNs, interface: &str) -> String {
 fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     let hosts = TwoHosts::new();
     let mut daemon = Daemon::start_with_flags(&hosts.a, "", &["--enable-fault-injection"]);
-    let to = hosts.ips_b[0].to_string();
-    let _server = iperf3_server(&hosts.b, &to, 5201);
+    let to = hosts.ips_b[0];
+    let _server = Iperf3Server::start(&hosts.b, to);
     let latency_ms = 50.0;
 
     // Unshaped first, for the comparison at the end.
-    let (line_rate, _) = measure(&hosts.a, &to, 5201, 2);
+    let (line_rate, _) = iperf3_with_ping(&hosts.a, to, 2);
 
     for mbit in [20.0, 100.0] {
         let shown = daemon.cli_json(&[
@@ -101,7 +34,7 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
         ]);
         assert_eq!(shown[0]["state"], "active", "{shown}");
         assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
-        let (rate, rtts) = measure(&hosts.a, &to, 5201, 5);
+        let (rate, rtts) = iperf3_with_ping(&hosts.a, to, 5);
 
         let wanted = mbit * 1e6;
         eprintln!(
@@ -156,7 +89,7 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     // shaped while no daemon runs; the next daemon adopts the link.
     daemon.kill();
     assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
-    let (rate, _) = measure(&hosts.a, &to, 5201, 3);
+    let (rate, _) = iperf3_with_ping(&hosts.a, to, 3);
     assert!(
         (rate - 100e6).abs() <= 10e6,
         "with the daemon dead the interface ran at {:.1} mbit, not 100",
@@ -177,7 +110,7 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     let shown = daemon.cli_json(&["shaper", "clear", &hosts.if_a]);
     assert_eq!(shown, serde_json::json!([]));
     assert!(!root_qdisc(&hosts.a, &hosts.if_a).contains("htb"));
-    let (rate, _) = measure(&hosts.a, &to, 5201, 2);
+    let (rate, _) = iperf3_with_ping(&hosts.a, to, 2);
     assert!(
         rate > 300e6,
         "after clear iperf3 got {:.0} mbit (line rate was {:.0})",

@@ -2,10 +2,9 @@
 //! rate (`xdp_router` on the middle host of A — B — C against the kernel's own forwarding).
 
 use std::fmt::Write as _;
-use std::process::Stdio;
 
 use anyhow::Context as _;
-use chaos_tests::{Chain, Daemon, NetNs, TwoHosts};
+use chaos_tests::{Chain, Daemon, Iperf3Server, NetNs, TwoHosts, iperf3_with_ping};
 
 use crate::bench::{LIVE_SECONDS, Stats, blast};
 
@@ -31,76 +30,35 @@ pub struct Report {
     routes: Vec<RouteRow>,
 }
 
-/// iperf3 for `seconds` (slow start left out) with pings every 20 ms: (bit/s, worst RTT µs).
-fn iperf(ns: &NetNs, to: &str, seconds: u32) -> anyhow::Result<(f64, f64)> {
-    let ping = ns
-        .command("ping")
-        .args(["-n", "-i", "0.02", "-w", &(seconds + 1).to_string(), to])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start ping")?;
-    let out = ns
-        .command("iperf3")
-        .args(["-c", to, "-t", &seconds.to_string(), "-O", "1", "-J"])
-        .output()
-        .context("run iperf3 (package iperf3)")?;
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    let rate = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3's received rate")?;
-    let ping = ping.wait_with_output()?;
-    let worst = String::from_utf8_lossy(&ping.stdout)
-        .lines()
-        .filter_map(|l| l.split("time=").nth(1))
-        .filter_map(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-        .fold(0.0, f64::max);
-    Ok((rate, worst * 1000.0))
-}
-
 fn shaper() -> anyhow::Result<Vec<ShaperRow>> {
     let hosts = TwoHosts::new();
     let daemon = Daemon::start(&hosts.a, "auto_load_programs = false\n");
-    let to = hosts.ips_b[0].to_string();
-    let mut server = hosts
-        .b
-        .command("iperf3")
-        .args(["-s", "-B", &to])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start iperf3 -s")?;
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let to = hosts.ips_b[0];
+    let _server = Iperf3Server::start(&hosts.b, to);
     let mut rows = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for mbit in [20u64, 100] {
-            daemon.cli_json(&[
-                "shaper",
-                "set",
-                &hosts.if_a,
-                "--rate",
-                &format!("{mbit}mbit"),
-                "--latency",
-                "50ms",
-            ]);
-            let (mut rates, mut rtts) = (Vec::new(), Vec::new());
-            for _ in 0..SHAPER_RUNS {
-                let (rate, rtt) = iperf(&hosts.a, &to, SHAPER_SECONDS)?;
-                rates.push((rate / 1000.0) as u64);
-                rtts.push(rtt as u64);
-            }
-            rows.push(ShaperRow {
-                mbit,
-                rate_kbit: Stats::of(rates),
-                worst_rtt_us: Stats::of(rtts),
-            });
+    for mbit in [20u64, 100] {
+        daemon.cli_json(&[
+            "shaper",
+            "set",
+            &hosts.if_a,
+            "--rate",
+            &format!("{mbit}mbit"),
+            "--latency",
+            "50ms",
+        ]);
+        let (mut rates, mut worst) = (Vec::new(), Vec::new());
+        for _ in 0..SHAPER_RUNS {
+            let (rate, rtts_ms) = iperf3_with_ping(&hosts.a, to, SHAPER_SECONDS);
+            rates.push((rate / 1000.0) as u64);
+            worst.push((rtts_ms.iter().cloned().fold(0.0, f64::max) * 1000.0) as u64);
         }
-        Ok(())
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    result.map(|_| rows)
+        rows.push(ShaperRow {
+            mbit,
+            rate_kbit: Stats::of(rates),
+            worst_rtt_us: Stats::of(worst),
+        });
+    }
+    Ok(rows)
 }
 
 fn rx_packets(ns: &NetNs, ifname: &str) -> anyhow::Result<u64> {
