@@ -85,6 +85,41 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(daemon.cli_json(&["shaper", "show"])[0]["state"], "active");
 
+    // A qdisc deleted by hand is put back within the second's check.
+    hosts
+        .a
+        .exec(&["tc", "qdisc", "del", "dev", &hosts.if_a, "root"]);
+    assert!(!root_qdisc(&hosts.a, &hosts.if_a).contains("htb"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
+    // An interface that goes away: the setting is shown as not in force and `health` is
+    // degraded; when an interface of that name comes back, it is shaped again.
+    let extra = format!("xsh{}", std::process::id() % 100_000);
+    let peer = format!("{extra}p");
+    let add = [
+        "ip", "link", "add", &extra, "type", "veth", "peer", "name", &peer,
+    ];
+    hosts.a.exec(&add);
+    daemon.cli_json(&["shaper", "set", &extra, "--rate", "10mbit"]);
+    hosts.a.exec(&["ip", "link", "del", &extra]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(health["checks"]["shaper"]["status"], "degraded", "{health}");
+    assert!(
+        health["checks"]["shaper"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&extra),
+        "{health}"
+    );
+    hosts.a.exec(&add);
+    std::thread::sleep(Duration::from_millis(1500));
+    let health = daemon.cli_json(&["health"]);
+    assert_eq!(health["checks"]["shaper"]["status"], "healthy", "{health}");
+    assert!(root_qdisc(&hosts.a, &extra).contains("htb 7830:"));
+    daemon.cli_json(&["shaper", "clear", &extra]);
+    hosts.a.exec(&["ip", "link", "del", &extra]);
+
     // SIGKILL: the qdisc and the classifier's pinned link stay, so the interface stays
     // shaped while no daemon runs; the next daemon adopts the link.
     daemon.kill();

@@ -700,6 +700,32 @@ impl Control {
                 check(HealthStatus::Degraded, problem.clone()),
             );
         }
+        // The shaper shows only when something is shaped.
+        if let Ok(shaper) = shaper_actor()
+            && let Ok(Ok(list)) = ask(&shaper, "ShaperActor", |reply| ShaperMsg::Request {
+                request: api::ShaperRequest::Show,
+                reply,
+            })
+            .await
+            && !list.is_empty()
+        {
+            let failing: Vec<String> = list
+                .iter()
+                .filter(|s| s.state != "active")
+                .map(|s| format!("{}: {}", s.interface, s.state))
+                .collect();
+            checks.insert(
+                "shaper".to_string(),
+                if failing.is_empty() {
+                    check(
+                        HealthStatus::Healthy,
+                        format!("{} interface(s) shaped", list.len()),
+                    )
+                } else {
+                    check(HealthStatus::Degraded, failing.join("; "))
+                },
+            );
+        }
         Health::from_checks(checks)
     }
 }
