@@ -133,6 +133,9 @@ fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {
     // pinned, start from zero).
     daemon.kill();
     daemon.start_again(&hosts.a);
+    // Until the new daemon has swapped its program into the pinned link, the old one (with
+    // the old, unpinned maps) still counts the packets.
+    daemon.wait_attached();
     let list = daemon.cli_json(&["metrics", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     hosts.send_udp(sender, 7000, 4, 58);
