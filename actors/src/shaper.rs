@@ -224,6 +224,27 @@ fn leaf_stats(ifindex: u32) -> std::io::Result<(u64, u64, u64, u64)> {
     Ok((0, 0, 0, 0))
 }
 
+/// Whether our root HTB and its TBF are both on `ifindex`.
+fn qdiscs_present(ifindex: u32) -> std::io::Result<bool> {
+    if !root_qdisc(ifindex)?.is_some_and(|(h, kind)| h == handle(MAJOR, 0) && kind == "htb") {
+        return Ok(false);
+    }
+    let get = tc_message(ifindex, TcHandle::UNSPEC, handle(MAJOR, CLASS_MINOR));
+    for m in exchange(
+        RouteNetlinkMessage::GetQueueDiscipline(get),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
+    )? {
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q)) = m.payload
+        {
+            return Ok(q.header.handle == handle(LEAF_MAJOR, 0)
+                && q.attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "tbf")));
+        }
+    }
+    Ok(false)
+}
+
 /// Makes the qdiscs and class of `setting` on `ifindex`, or changes them in place when they
 /// are there already (so a change of rate loses no queued packet).
 fn install_qdiscs(ifindex: u32, setting: &ShaperSetting) -> std::io::Result<()> {
@@ -590,6 +611,15 @@ impl ShaperState {
             {
                 self.links.remove(&s.interface);
                 let _ = std::fs::remove_file(self.link_pin(&s.interface));
+            }
+            // Nothing to do when all is in place: changing a TBF, even to the same setting,
+            // refills its bucket.
+            let intact = current.is_some_and(|i| {
+                self.links.get(&s.interface).is_some_and(|(l, _)| *l == i)
+                    && qdiscs_present(i).unwrap_or(false)
+            });
+            if intact && !self.failures.contains_key(&s.interface) {
+                continue;
             }
             // Qdiscs deleted by hand are made again.
             match self.apply(&s) {
