@@ -137,22 +137,56 @@ enum Held {
     Fd(#[expect(dead_code, reason = "held: dropping it lets the link go")] OwnedFd),
 }
 
-fn pin_new(link: FdLink, pin: &Path) -> Result<Held, ApiError> {
-    if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            api(
-                ErrorKind::Internal,
-                format!("creating {}: {e}", dir.display()),
-            )
-        })?;
+/// A TCX link of `prog` on `interface` in `direction`, pinned at `pin`, and whether it was
+/// adopted: the link an earlier holder pinned there, with `prog` swapped in (so the hook is
+/// never empty), when it is still on that interface; else a new one. A link whose interface
+/// was deleted (and perhaps made again under the same name) is stale: it is unpinned and a
+/// new link made.
+pub(crate) fn tcx_link(
+    prog: &mut SchedClassifier,
+    interface: &str,
+    direction: Direction,
+    pin: &Path,
+) -> Result<(FdLink, bool), String> {
+    let kind = match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    };
+    if pin.exists() {
+        let adopted = (|| -> Result<FdLink, String> {
+            let pinned = PinnedLink::from_pin(pin).map_err(|e| sys::chain(&e))?;
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| sys::chain(&e))?;
+            let id = prog.attach_to_link(link).map_err(|e| sys::chain(&e))?;
+            let link = prog.take_link(id).map_err(|e| sys::chain(&e))?;
+            let fd = FdLink::try_from(link).map_err(|e| sys::chain(&e))?;
+            let ours = prog.info().map_err(|e| sys::chain(&e))?.id();
+            let (_, on_hook) =
+                SchedClassifier::query_tcx(interface, kind).map_err(|e| sys::chain(&e))?;
+            if on_hook.iter().any(|p| p.id() == ours) {
+                Ok(fd)
+            } else {
+                Err(format!("the link is no longer on {interface}"))
+            }
+        })();
+        match adopted {
+            Ok(fd) => return Ok((fd, true)),
+            Err(e) => {
+                warn!(interface, pin = %pin.display(), error = %e, "stale TCX link; attaching anew");
+                let _ = std::fs::remove_file(pin);
+            }
+        }
     }
-    let pinned = link.pin(pin).map_err(|e| {
-        api(
-            ErrorKind::Internal,
-            format!("pinning a link at {}: {e}", pin.display()),
+    let id = prog
+        .attach_with_options(
+            interface,
+            kind,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
-    })?;
-    Ok(Held::Link(pinned.into()))
+        .map_err(|e| sys::chain(&e))?;
+    let link = prog.take_link(id).map_err(|e| sys::chain(&e))?;
+    let fd = FdLink::try_from(link).map_err(|e| sys::chain(&e))?;
+    Ok((sys::pin_link(fd, pin)?, false))
 }
 
 /// Attaches the loaded program `program_name` of `ebpf` to `target`. `hook_dir` is where its
@@ -198,6 +232,7 @@ pub fn attach(
                 None => vec![Direction::Ingress, Direction::Egress],
             };
             let mut links = Vec::new();
+            let mut made = Vec::new();
             for &d in &directions {
                 let pin = hook_dir.join(pin_name(target, d, cgroup_id));
                 if pin.exists() {
@@ -235,15 +270,14 @@ pub fn attach(
                     .take_link(id)
                     .map_err(|e| internal("taking the link", &e))?;
                 let fd = FdLink::try_from(link).map_err(|e| internal("not a bpf_link", &e))?;
-                links.push(pin_new(fd, &pin)?);
+                let fd = sys::pin_link(fd, &pin).map_err(|m| api(ErrorKind::Internal, m))?;
+                links.push(Held::Link(fd));
+                made.push(pin);
             }
             if counter && let Err(e) = set_deny(ebpf, cgroup_id, deny) {
                 // Nothing half-done: the links just made go again.
-                for d in &directions {
-                    if adopted == 0 {
-                        let _ =
-                            std::fs::remove_file(hook_dir.join(pin_name(target, *d, cgroup_id)));
-                    }
+                for pin in made {
+                    let _ = std::fs::remove_file(pin);
                 }
                 return Err(e);
             }
@@ -258,48 +292,17 @@ pub fn attach(
         ) => {
             check_interface(interface)?;
             let pin = hook_dir.join(pin_name(target, *direction, 0));
-            let mut link = None;
-            if pin.exists() {
-                match adopt_tc(prog, &pin) {
-                    Ok(l) => {
-                        link = Some(l);
-                        adopted += 1;
-                    }
-                    Err(e) => {
-                        warn!(program_id, pin = %pin.display(), error = %e, "stale hook link; attaching anew");
-                        let _ = std::fs::remove_file(&pin);
-                    }
-                }
-            }
-            let link = match link {
-                Some(l) => l,
-                None => {
-                    let kind = match direction {
-                        Direction::Ingress => TcAttachType::Ingress,
-                        Direction::Egress => TcAttachType::Egress,
-                    };
-                    let id = prog
-                        .attach_with_options(
-                            interface,
-                            kind,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .map_err(|e| {
-                            api(
-                                ErrorKind::Internal,
-                                format!(
-                                    "attaching {program_id} to the TCX {direction} hook of {interface} failed: {}",
-                                    sys::chain(&e)
-                                ),
-                            )
-                        })?;
-                    let link = prog
-                        .take_link(id)
-                        .map_err(|e| internal("taking the link", &e))?;
-                    let fd = FdLink::try_from(link).map_err(|e| internal("not a bpf_link", &e))?;
-                    pin_new(fd, &pin)?
-                }
-            };
+            let (link, was_adopted) =
+                tcx_link(prog, interface, *direction, &pin).map_err(|e| {
+                    api(
+                        ErrorKind::Internal,
+                        format!(
+                            "attaching {program_id} to the TCX {direction} hook of {interface} failed: {e}"
+                        ),
+                    )
+                })?;
+            adopted += usize::from(was_adopted);
+            let link = Held::Link(link);
             (Holder::Links(vec![link]), vec![*direction])
         }
         (Program::SocketFilter(_), HookTarget::Socket { interface }) => {
@@ -378,17 +381,6 @@ fn check_interface(interface: &str) -> Result<u32, ApiError> {
     })
 }
 
-fn adopt_tc(prog: &mut SchedClassifier, pin: &Path) -> Result<Held, String> {
-    let pinned = PinnedLink::from_pin(pin).map_err(|e| sys::chain(&e))?;
-    let fd: FdLink = pinned.into();
-    let link = SchedClassifierLink::try_from(fd).map_err(|e| sys::chain(&e))?;
-    let id = prog.attach_to_link(link).map_err(|e| sys::chain(&e))?;
-    let link = prog.take_link(id).map_err(|e| sys::chain(&e))?;
-    FdLink::try_from(link)
-        .map(Held::Link)
-        .map_err(|e| sys::chain(&e))
-}
-
 /// Marks (or unmarks) cgroup `id` as denied in `cgroup_counter`'s map.
 pub fn set_deny(ebpf: &mut Ebpf, cgroup_id: u64, deny: bool) -> Result<(), ApiError> {
     let map = ebpf
@@ -399,14 +391,22 @@ pub fn set_deny(ebpf: &mut Ebpf, cgroup_id: u64, deny: bool) -> Result<(), ApiEr
     if deny {
         deny_map
             .insert(cgroup_id, 1, 0)
-            .map_err(|e| internal("marking the cgroup denied", &e))
+            .map_err(|e| internal("marking the cgroup denied", &e))?;
     } else {
         match deny_map.remove(&cgroup_id) {
-            Ok(()) => Ok(()),
-            Err(e) if sys::errno(&e) == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(internal("clearing the deny", &e)),
+            Ok(()) => {}
+            Err(e) if sys::errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => return Err(internal("clearing the deny", &e)),
         }
     }
+    let any = u32::from(deny_map.keys().next().is_some());
+    let mut flag: Array<_, u32> = Array::try_from(
+        ebpf.map_mut(ebpf_shared::cgroup::CG_DENY_ANY)
+            .ok_or_else(|| api(ErrorKind::Internal, "cgroup_counter has no deny flag"))?,
+    )
+    .map_err(|e| internal("the deny flag", &e))?;
+    flag.set(0, any, 0)
+        .map_err(|e| internal("setting the deny flag", &e))
 }
 
 fn set_sample_every(ebpf: &mut Ebpf, n: u32) -> Result<(), ApiError> {
@@ -634,16 +634,10 @@ pub fn remove_unheld_pins(hook_dir: &Path, held: &[&HeldHook]) {
         .iter()
         .flat_map(|h| {
             let id = cgroup_id(&h.hook.target).unwrap_or(0);
-            let mut names: Vec<String> = h
-                .hook
+            h.hook
                 .directions
                 .iter()
-                .map(|d| pin_name(&h.hook.target, *d, id))
-                .collect();
-            if let HookTarget::Tc { direction, .. } = &h.hook.target {
-                names.push(pin_name(&h.hook.target, *direction, 0));
-            }
-            names
+                .map(move |d| pin_name(&h.hook.target, *d, id))
         })
         .collect();
     for e in std::fs::read_dir(hook_dir).into_iter().flatten().flatten() {

@@ -1546,12 +1546,8 @@ impl LoaderState {
 /// Pins a new link, so that it outlives its holder.
 fn pin_link(link: XdpLink, pin: &Path) -> Result<HeldLink, String> {
     let fd = FdLink::try_from(link).map_err(|e| format!("not a bpf_link: {e}"))?;
-    if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    }
-    let pinned = fd.pin(pin).map_err(|e| e.to_string())?;
     Ok(HeldLink {
-        fd: pinned.into(),
+        fd: sys::pin_link(fd, pin)?,
         pin: pin.to_path_buf(),
     })
 }

@@ -28,15 +28,14 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.try_into().ok()
 }
 
-/// The MAC of `interface` in this namespace.
-fn interface_mac(interface: &str) -> Option<[u8; 6]> {
-    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
-        if a.interface_name != interface {
-            return None;
-        }
-        let link = a.address?.as_link_addr()?.addr()?;
-        Some(link)
-    })
+/// Every interface's MAC in this namespace (one getifaddrs for all the routes).
+fn interface_macs() -> std::collections::BTreeMap<String, [u8; 6]> {
+    nix::ifaddrs::getifaddrs()
+        .map(|list| {
+            list.filter_map(|a| Some((a.interface_name, a.address?.as_link_addr()?.addr()?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// This node's own IPv4 addresses: packets to them are never forwarded.
@@ -58,6 +57,7 @@ pub fn compile(routes: &[Route]) -> Result<Vec<Compiled>, ApiError> {
         ));
     }
     let mut seen = BTreeSet::new();
+    let macs = interface_macs();
     routes
         .iter()
         .enumerate()
@@ -87,7 +87,8 @@ pub fn compile(routes: &[Route]) -> Result<Vec<Compiled>, ApiError> {
                     r.next_hop_mac
                 ))
             })?;
-            let src_mac = interface_mac(&r.interface)
+            let src_mac = *macs
+                .get(&r.interface)
                 .ok_or_else(|| bad(format!("{} has no MAC address", r.interface)))?;
             Ok(Compiled {
                 net,

@@ -24,13 +24,12 @@
 //! `<state_dir>/shaper.json`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, PerCpuHashMap};
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::programs::SchedClassifier;
+use aya::programs::links::FdLink;
 use aya::{Ebpf, EbpfLoader};
 use netlink_packet_core::{
     DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkPayload,
@@ -41,7 +40,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::api::{ApiError, ErrorKind, ShaperRequest, ShaperStatus};
+use crate::api::{ApiError, Direction, ErrorKind, ShaperRequest, ShaperStatus};
 use crate::sys;
 use crate::xdpnl::exchange;
 
@@ -418,7 +417,7 @@ impl ShaperState {
         install_qdiscs(ifindex, setting).map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,
-                format!("making the HTB qdisc and class on {interface} failed: {e}"),
+                format!("making the HTB qdisc and class on {interface} failed: {e}; `tc qdisc show dev {interface}` shows what is there (the shaper replaces the root qdisc), `dmesg` may say why"),
             )
         })?;
         let classid = (u32::from(MAJOR) << 16) | u32::from(CLASS_MINOR);
@@ -440,55 +439,18 @@ impl ShaperState {
         }
         self.links.remove(interface);
         let pin = self.link_pin(interface);
-        let program = self.program()?;
-        let mut adopted = None;
-        if pin.exists() {
-            match adopt(program, &pin, ifindex) {
-                Ok(link) => adopted = Some(link),
-                Err(e) => {
-                    warn!(interface, error = %e, "the shaper's pinned link is stale; attaching anew");
-                    let _ = std::fs::remove_file(&pin);
-                }
-            }
-        }
-        let link = match adopted {
-            Some(link) => {
-                info!(interface, "shaper: adopted the pinned classifier link");
-                link
-            }
-            None => {
-                let id = program
-                    .attach_with_options(
-                        interface,
-                        TcAttachType::Egress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| {
-                        ApiError::new(
-                            ErrorKind::Internal,
-                            format!(
-                                "attaching tc_shaper to the egress of {interface} failed: {}",
-                                sys::chain(&e)
-                            ),
-                        )
-                    })?;
-                let link = program
-                    .take_link(id)
-                    .map_err(|e| ApiError::new(ErrorKind::Internal, sys::chain(&e)))?;
-                let fd = FdLink::try_from(link)
-                    .map_err(|e| ApiError::new(ErrorKind::Internal, sys::chain(&e)))?;
-                if let Some(dir) = pin.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let pinned = fd.pin(&pin).map_err(|e| {
+        let (link, adopted) =
+            crate::hooks::tcx_link(self.program()?, interface, Direction::Egress, &pin).map_err(
+                |e| {
                     ApiError::new(
                         ErrorKind::Internal,
-                        format!("pinning the shaper's link at {}: {e}", pin.display()),
+                        format!("attaching tc_shaper to the egress of {interface} failed: {e}"),
                     )
-                })?;
-                pinned.into()
-            }
-        };
+                },
+            )?;
+        if adopted {
+            info!(interface, "shaper: adopted the pinned classifier link");
+        }
         self.links.insert(interface.to_string(), (ifindex, link));
         Ok(())
     }
@@ -668,29 +630,6 @@ impl ShaperState {
         }
         Ok(self.show())
     }
-}
-
-/// Takes over a classifier link pinned by an earlier daemon and swaps this program into it.
-fn adopt(program: &mut SchedClassifier, pin: &Path, ifindex: u32) -> Result<FdLink, String> {
-    let pinned = PinnedLink::from_pin(pin).map_err(|e| sys::chain(&e))?;
-    let fd: FdLink = pinned.into();
-    let link = SchedClassifierLink::try_from(fd).map_err(|e| sys::chain(&e))?;
-    let id = program.attach_to_link(link).map_err(|e| sys::chain(&e))?;
-    let link = program.take_link(id).map_err(|e| sys::chain(&e))?;
-    let fd = FdLink::try_from(link).map_err(|e| sys::chain(&e))?;
-    if !tcx_attached(ifindex, program)? {
-        return Err(format!("the link no longer holds ifindex {ifindex}"));
-    }
-    Ok(fd)
-}
-
-/// Whether `program` is on the TCX egress hook of `ifindex`.
-fn tcx_attached(ifindex: u32, program: &SchedClassifier) -> Result<bool, String> {
-    let id = program.info().map_err(|e| sys::chain(&e))?.id();
-    let name = sys::interface_name(ifindex);
-    let (_, programs) =
-        SchedClassifier::query_tcx(&name, TcAttachType::Egress).map_err(|e| sys::chain(&e))?;
-    Ok(programs.iter().any(|p| p.id() == id))
 }
 
 impl Actor for ShaperActor {

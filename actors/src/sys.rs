@@ -256,6 +256,21 @@ pub fn link_detach(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
     bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
 }
 
+/// Pins `link` at `pin` (its directory made first), so that it outlives its holder; the
+/// returned handle holds it too.
+pub fn pin_link(
+    link: aya::programs::links::FdLink,
+    pin: &Path,
+) -> Result<aya::programs::links::FdLink, String> {
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let pinned = link
+        .pin(pin)
+        .map_err(|e| format!("pinning a link at {}: {e}", pin.display()))?;
+    Ok(pinned.into())
+}
+
 /// BPF_LINK_UPDATE: swaps `program` into the link, atomically (the hook is never empty).
 pub fn link_update(
     link: std::os::fd::BorrowedFd<'_>,

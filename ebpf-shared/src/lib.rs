@@ -198,6 +198,9 @@ pub mod cgroup {
     /// `HashMap<u64, u8>`: cgroup id → 1 when its sockets' packets (and those of the cgroups
     /// below it) are to be dropped.
     pub const CG_DENY: &str = "CG_DENY";
+    /// `Array<u32>`, one entry: non-zero while `CG_DENY` has any entry, so that packets skip
+    /// the ancestor walk when nothing is denied.
+    pub const CG_DENY_ANY: &str = "CG_DENY_ANY";
     pub const CG_MAX: u32 = 4096;
     /// How many levels of ancestors a packet's cgroup is checked against `CG_DENY`.
     pub const DENY_DEPTH: i32 = 8;

@@ -10,7 +10,7 @@ mod program {
     use aya_ebpf::{
         helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
         macros::{cgroup_skb, map},
-        maps::{HashMap, PerCpuHashMap},
+        maps::{Array, HashMap, PerCpuHashMap},
         programs::SkBuffContext,
     };
     use ebpf_shared::cgroup::*;
@@ -19,6 +19,8 @@ mod program {
     static CG_STATS: PerCpuHashMap<CgroupKey, [u64; 3]> = PerCpuHashMap::pinned(CG_MAX, 0);
     #[map]
     static CG_DENY: HashMap<u64, u8> = HashMap::pinned(CG_MAX, 0);
+    #[map]
+    static CG_DENY_ANY: Array<u32> = Array::pinned(1, 0);
 
     const PASS: i32 = 1;
     const DROP: i32 = 0;
@@ -58,7 +60,7 @@ mod program {
             direction,
             _pad: 0,
         };
-        let deny = denied(skb);
+        let deny = CG_DENY_ANY.get(0).is_some_and(|n| *n != 0) && denied(skb);
         let add = [1, u64::from(len), u64::from(deny)];
         match CG_STATS.get_ptr_mut(&key) {
             // SAFETY: a per-CPU value: only this CPU writes it, now.
