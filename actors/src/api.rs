@@ -431,11 +431,18 @@ pub struct FlowRecord {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FlowTable {
     pub program_id: String,
+    /// The table's size (`flow_table_size`): how many flows it is sized to track. Each
+    /// CPU's cache in front of it holds some flows that are not (yet) in the table, which is
+    /// slack; fill (`entries` / `capacity`) counts every tracked flow.
     pub capacity: u32,
+    /// Flows tracked: in the table, a CPU's cache, or both.
     pub entries: u64,
+    /// Flows with an entry in the table itself (what `capacity` limits).
+    #[serde(default)]
+    pub table_entries: u64,
     pub inserts: u64,
     pub insert_failures: u64,
-    /// Flows the LRU pushed out to make room (inserts − entries − aged out).
+    /// Flows the LRU pushed out to make room (inserts − table entries − removed from it).
     pub evicted: u64,
     /// Flows the daemon removed after `flow_idle_timeout_seconds` without a packet.
     pub aged_out: u64,

@@ -293,8 +293,10 @@ impl Read {
             if !idle.is_empty() {
                 match maps.remove(&idle) {
                     Ok(removed) => {
-                        aged_out += removed;
-                        scan.removed += removed;
+                        aged_out += removed.flows;
+                        scan.removed += removed.from_table;
+                        scan.table_entries = scan.table_entries.saturating_sub(removed.from_table);
+                        scan.aged_out += removed.flows;
                         scan.flows.retain(|(_, v)| v.last_seen_ns >= cutoff);
                     }
                     Err(e) => warn!(program_id = %id, error = %e, "ageing out idle flows failed"),

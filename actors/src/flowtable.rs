@@ -1,12 +1,15 @@
 //! The firewall's flow tables as user space reads them: a whole table in a few system calls
-//! (BPF_MAP_LOOKUP_BATCH, 4,096 flows per call), each flow's per-CPU shares combined; idle
-//! flows removed. The FlowActor reads through here; the kernel side is `xdp_firewall`.
+//! (BPF_MAP_LOOKUP_BATCH, 4,096 flows per call), merged with the CPUs' flow caches in front
+//! of it (`FlowCacheEntry`), each flow's per-CPU shares combined; idle flows removed. The
+//! FlowActor reads through here; the kernel side is `xdp_firewall`.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use ebpf_shared::{FlowKey, FlowKeyV4, FlowTableStats, FlowValue, Outcome, maps, proto};
+use ebpf_shared::{
+    FlowCacheEntry, FlowKey, FlowKeyV4, FlowTableStats, FlowValue, Outcome, maps, proto,
+};
 
 use crate::api::{FlowRecord, FlowVerdict, tcp_flag_names};
 use crate::loader::map_data;
@@ -14,9 +17,10 @@ use crate::loader::map_data;
 /// Flows per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: u32 = 4096;
 
-/// Slot of `FW_FLOW_STATS` the kernel never writes: user space counts there (CPU 0's
-/// `inserts`) the flows it removed, so that "lost to the LRU" stays inserts − present −
-/// removed across daemon restarts.
+/// Slot of `FW_FLOW_STATS` the kernel never writes: user space counts there, in CPU 0's
+/// share, the flows it removed from the table (`inserts`), so that "lost to the LRU" stays
+/// inserts − present − removed across daemon restarts, and the flows it aged out, from the
+/// table or a cache (`packets`).
 const REMOVED_SLOT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +47,22 @@ pub enum FlowTableError {
     },
 }
 
-/// The three maps of one firewall's flow accounting.
+/// The maps of one firewall's flow accounting.
 pub struct FlowMaps {
     v4: Map,
     v6: Map,
+    cache4: Map,
+    cache6: Map,
     stats: Map,
+}
+
+/// What `FlowMaps::remove` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Flows removed (from the table, a cache, or both).
+    pub flows: u64,
+    /// Of those, the ones that had an entry in the table.
+    pub from_table: u64,
 }
 
 impl FlowMaps {
@@ -66,36 +81,63 @@ impl FlowMaps {
         Ok(FlowMaps {
             v4: open(maps::FW_FLOWS4)?,
             v6: open(maps::FW_FLOWS)?,
+            cache4: open(maps::FW_FLOW_CACHE4)?,
+            cache6: open(maps::FW_FLOW_CACHE)?,
             stats: open(maps::FW_FLOW_STATS)?,
         })
     }
 
     pub fn scan(&self) -> Result<FlowScan, FlowTableError> {
-        scan(&self.v4, &self.v6, &self.stats)
+        scan(&self.v4, &self.v6, &self.cache4, &self.cache6, &self.stats)
     }
 
-    /// Removes these flows from the kernel table and counts them as removed (not lost).
-    pub fn remove(&mut self, keys: &[FlowKey]) -> Result<u64, FlowTableError> {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for k in keys {
-            if k.family == 4 {
-                v4.extend_from_slice(pod_bytes(&to_v4(k)));
-            } else {
-                v6.extend_from_slice(pod_bytes(k));
-            }
-        }
-        let mut removed = 0;
-        for (map, name, bytes, size) in [
-            (&self.v4, maps::FW_FLOWS4, &v4, size_of::<FlowKeyV4>()),
-            (&self.v6, maps::FW_FLOWS, &v6, size_of::<FlowKey>()),
-        ] {
-            if !bytes.is_empty() {
-                removed += crate::sys::delete_batch(map_data(map).fd().as_fd(), bytes, size)
+    /// Removes these flows from the kernel table and the CPUs' caches, and counts them as
+    /// removed (not lost).
+    ///
+    /// A cache slot is cleared by writing all CPUs' shares of it back: a packet another CPU
+    /// counts in the same slot in the microseconds between the read and the write is lost
+    /// (as one counted into a table entry being deleted is).
+    pub fn remove(&mut self, keys: &[FlowKey]) -> Result<Removed, FlowTableError> {
+        let v4: Vec<FlowKeyV4> = keys.iter().filter(|k| k.family == 4).map(to_v4).collect();
+        let v6: Vec<FlowKey> = keys.iter().filter(|k| k.family != 4).copied().collect();
+        // Caches first: a flow in none of them must be in the table (the scan saw it), so
+        // "removed flows" is the cached ones plus the others the table gave up.
+        let cached4 = clear_cached(&mut self.cache4, maps::FW_FLOW_CACHE4, &v4, |k| {
+            k.cache_slot()
+        })?;
+        let cached6 = clear_cached(&mut self.cache6, maps::FW_FLOW_CACHE, &v6, |k| {
+            k.cache_slot()
+        })?;
+        let mut flows = (cached4.iter().filter(|c| **c).count()
+            + cached6.iter().filter(|c| **c).count()) as u64;
+        let mut from_table = 0;
+        for cached in [true, false] {
+            for (map, name, bytes, size) in [
+                (
+                    &self.v4,
+                    maps::FW_FLOWS4,
+                    pick_keys(&v4, &cached4, cached),
+                    size_of::<FlowKeyV4>(),
+                ),
+                (
+                    &self.v6,
+                    maps::FW_FLOWS,
+                    pick_keys(&v6, &cached6, cached),
+                    size_of::<FlowKey>(),
+                ),
+            ] {
+                if bytes.is_empty() {
+                    continue;
+                }
+                let deleted = crate::sys::delete_batch(map_data(map).fd().as_fd(), &bytes, size)
                     .map_err(|source| FlowTableError::Syscall { map: name, source })?;
+                from_table += deleted;
+                if !cached {
+                    flows += deleted;
+                }
             }
         }
-        if removed > 0 {
+        if flows > 0 {
             let mut stats: PerCpuArray<&mut MapData, FlowTableStats> =
                 PerCpuArray::try_from(&mut self.stats).map_err(stats_err)?;
             let mut slot: Vec<FlowTableStats> = stats
@@ -104,7 +146,8 @@ impl FlowMaps {
                 .iter()
                 .copied()
                 .collect();
-            slot[0].inserts += removed;
+            slot[0].inserts += from_table;
+            slot[0].packets += flows;
             let values =
                 PerCpuValues::try_from(slot).map_err(|source| FlowTableError::Syscall {
                     map: maps::FW_FLOW_STATS,
@@ -112,8 +155,99 @@ impl FlowMaps {
                 })?;
             stats.set(REMOVED_SLOT, values, 0).map_err(stats_err)?;
         }
-        Ok(removed)
+        Ok(Removed { flows, from_table })
     }
+}
+
+/// The keys (packed for a batch call) whose mark is `cached`.
+fn pick_keys<K>(keys: &[K], marks: &[bool], cached: bool) -> Vec<u8> {
+    keys.iter()
+        .zip(marks)
+        .filter(|(_, c)| **c == cached)
+        .flat_map(|(k, _)| pod_bytes(k).iter().copied())
+        .collect()
+}
+
+/// One CPU cache map as read: `slots[slot][cpu]`.
+fn read_cache<K: Copy>(
+    map: &Map,
+    name: &'static str,
+    cpus: usize,
+) -> Result<Vec<Vec<FlowCacheEntry<K>>>, FlowTableError> {
+    let stride = size_of::<FlowCacheEntry<K>>().next_multiple_of(8);
+    let value_size = stride * cpus;
+    let mut slots = Vec::with_capacity(ebpf_shared::FLOW_CACHE_SLOTS as usize);
+    crate::sys::lookup_batch(
+        map_data(map).fd().as_fd(),
+        size_of::<u32>(),
+        value_size,
+        BATCH,
+        |_, values, n| {
+            for i in 0..n {
+                slots.push(
+                    (0..cpus)
+                        // SAFETY: the kernel wrote `n` whole values; FlowCacheEntry is plain
+                        // `repr(C)` data, read unaligned from the byte buffer.
+                        .map(|cpu| unsafe {
+                            values
+                                .as_ptr()
+                                .add(i * value_size + cpu * stride)
+                                .cast::<FlowCacheEntry<K>>()
+                                .read_unaligned()
+                        })
+                        .collect(),
+                );
+            }
+        },
+    )
+    .map_err(|source| FlowTableError::Syscall { map: name, source })?;
+    Ok(slots)
+}
+
+/// Empties the cache slots that hold these keys, on every CPU; says which keys were cached.
+fn clear_cached<K: Copy + PartialEq>(
+    cache: &mut Map,
+    name: &'static str,
+    keys: &[K],
+    slot_of: impl Fn(&K) -> u32,
+) -> Result<Vec<bool>, FlowTableError>
+where
+    FlowCacheEntry<K>: aya::Pod,
+{
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, source)| FlowTableError::Syscall { map: name, source })?;
+    let mut slots = read_cache::<K>(cache, name, cpus)?;
+    let mut changed = std::collections::BTreeSet::new();
+    let marks = keys
+        .iter()
+        .map(|k| {
+            let slot = slot_of(k);
+            let mut cached = false;
+            for e in slots.get_mut(slot as usize).into_iter().flatten() {
+                if e.value.packets > 0 && e.key == *k {
+                    e.value = FlowValue::default();
+                    e.in_table = 0;
+                    cached = true;
+                }
+            }
+            if cached {
+                changed.insert(slot);
+            }
+            cached
+        })
+        .collect();
+    let err = |source| FlowTableError::Map { map: name, source };
+    let mut array: PerCpuArray<&mut MapData, FlowCacheEntry<K>> =
+        PerCpuArray::try_from(cache).map_err(err)?;
+    for slot in changed {
+        let values = PerCpuValues::try_from(slots[slot as usize].clone())
+            .map_err(|source| FlowTableError::Syscall { map: name, source })?;
+        array.set(slot, values, 0).map_err(err)?;
+    }
+    Ok(marks)
 }
 
 use std::os::fd::AsFd as _;
@@ -128,20 +262,25 @@ fn stats_err(source: aya::maps::MapError) -> FlowTableError {
 /// One read of a flow table.
 #[derive(Debug, Clone, Default)]
 pub struct FlowScan {
-    /// Every flow with at least one packet, CPUs' shares combined.
+    /// Every flow with at least one packet, in the table or a CPU's cache, CPUs' shares
+    /// combined.
     pub flows: Vec<(FlowKey, FlowValue)>,
+    /// Of those, the flows with an entry in the table.
+    pub table_entries: u64,
     pub capacity: u32,
     pub inserts: u64,
     pub insert_failures: u64,
-    /// Flows user space removed (aged out), over the table's life.
+    /// Table entries user space removed (aged out), over the table's life.
     pub removed: u64,
+    /// Flows user space aged out (from the table, a cache or both), over the table's life.
+    pub aged_out: u64,
 }
 
 impl FlowScan {
     /// Flows the LRU pushed out to make room: inserted, neither present nor removed.
     pub fn evicted(&self) -> u64 {
         self.inserts
-            .saturating_sub(self.flows.len() as u64)
+            .saturating_sub(self.table_entries)
             .saturating_sub(self.removed)
     }
 }
@@ -152,11 +291,21 @@ pub fn scan_loaded(ebpf: &aya::Ebpf) -> Result<FlowScan, FlowTableError> {
     scan(
         get(maps::FW_FLOWS4)?,
         get(maps::FW_FLOWS)?,
+        get(maps::FW_FLOW_CACHE4)?,
+        get(maps::FW_FLOW_CACHE)?,
         get(maps::FW_FLOW_STATS)?,
     )
 }
 
-fn scan(v4: &Map, v6: &Map, stats: &Map) -> Result<FlowScan, FlowTableError> {
+/// Reads the caches, then the tables: a flow written back from a cache in between is then
+/// read in the table with at least what the cache showed, so a read never goes backwards.
+fn scan(
+    v4: &Map,
+    v6: &Map,
+    cache4: &Map,
+    cache6: &Map,
+    stats: &Map,
+) -> Result<FlowScan, FlowTableError> {
     let cpus = aya::util::nr_cpus().map_err(|(_, source)| FlowTableError::Syscall {
         map: maps::FW_FLOWS4,
         source,
@@ -168,11 +317,27 @@ fn scan(v4: &Map, v6: &Map, stats: &Map) -> Result<FlowScan, FlowTableError> {
             map: maps::FW_FLOWS4,
             source,
         })?;
+    let mut cached4 = cached_shares::<FlowKeyV4>(cache4, maps::FW_FLOW_CACHE4, cpus)?;
+    let mut cached6 = cached_shares::<FlowKey>(cache6, maps::FW_FLOW_CACHE, cpus)?;
     let mut flows = Vec::new();
-    read_all::<FlowKeyV4>(v4, maps::FW_FLOWS4, cpus, |k, total| {
-        flows.push((from_v4(&k), total))
+    let mut table_entries =
+        read_all::<FlowKeyV4>(v4, maps::FW_FLOWS4, cpus, &mut cached4, |k, total| {
+            flows.push((from_v4(&k), total))
+        })?;
+    table_entries += read_all::<FlowKey>(v6, maps::FW_FLOWS, cpus, &mut cached6, |k, total| {
+        flows.push((k, total))
     })?;
-    read_all::<FlowKey>(v6, maps::FW_FLOWS, cpus, |k, total| flows.push((k, total)))?;
+    // Flows only in a cache: not written back yet.
+    for (k, shares) in cached4 {
+        if let Some(total) = combine(shares.into_iter()) {
+            flows.push((from_v4(&k), total));
+        }
+    }
+    for (k, shares) in cached6 {
+        if let Some(total) = combine(shares.into_iter()) {
+            flows.push((k, total));
+        }
+    }
 
     let stats: PerCpuArray<&MapData, FlowTableStats> =
         PerCpuArray::try_from(stats).map_err(stats_err)?;
@@ -181,26 +346,51 @@ fn scan(v4: &Map, v6: &Map, stats: &Map) -> Result<FlowScan, FlowTableError> {
         .map_err(stats_err)?
         .iter()
         .fold((0, 0), |(i, f), s| (i + s.inserts, f + s.insert_failures));
-    let removed = stats
+    let (removed, aged_out) = stats
         .get(&REMOVED_SLOT, 0)
-        .map(|slot| slot[0].inserts)
-        .unwrap_or(0);
+        .map(|slot| (slot[0].inserts, slot[0].packets))
+        .unwrap_or((0, 0));
     Ok(FlowScan {
         flows,
+        table_entries,
         capacity,
         inserts,
         insert_failures,
         removed,
+        aged_out,
     })
 }
 
-/// Every element of a per-CPU flow hash map, CPUs combined, in batches.
-fn read_all<K: Copy>(
+/// Each flow in a CPU cache, with its share per CPU (zero where another flow holds the slot).
+fn cached_shares<K: Copy + Eq + std::hash::Hash>(
     map: &Map,
     name: &'static str,
     cpus: usize,
+) -> Result<HashMap<K, Vec<FlowValue>>, FlowTableError> {
+    let mut flows = HashMap::new();
+    for slot in read_cache::<K>(map, name, cpus)? {
+        for (cpu, e) in slot.iter().enumerate() {
+            if e.value.packets > 0 {
+                flows
+                    .entry(e.key)
+                    .or_insert_with(|| vec![FlowValue::default(); cpus])[cpu] = e.value;
+            }
+        }
+    }
+    Ok(flows)
+}
+
+/// Every element of a per-CPU flow hash map, in batches, CPUs combined, each CPU's share
+/// replaced by its cached one (taken out of `cached`) where that is newer. Returns how many
+/// elements the table holds.
+fn read_all<K: Copy + Eq + std::hash::Hash>(
+    map: &Map,
+    name: &'static str,
+    cpus: usize,
+    cached: &mut HashMap<K, Vec<FlowValue>>,
     mut each: impl FnMut(K, FlowValue),
-) -> Result<(), FlowTableError> {
+) -> Result<u64, FlowTableError> {
+    let mut entries = 0;
     let key_size = size_of::<K>();
     // The kernel lays per-CPU values out 8-byte aligned, one per possible CPU.
     let stride = size_of::<FlowValue>().next_multiple_of(8);
@@ -215,20 +405,33 @@ fn read_all<K: Copy>(
                 // SAFETY: the kernel wrote `n` whole keys and values of these sizes; K and
                 // FlowValue are plain `repr(C)` data, read unaligned from the byte buffers.
                 let key = unsafe { keys.as_ptr().add(i * key_size).cast::<K>().read_unaligned() };
-                let shares = (0..cpus).map(|cpu| unsafe {
+                let in_table = (0..cpus).map(|cpu| unsafe {
                     values
                         .as_ptr()
                         .add(i * value_size + cpu * stride)
                         .cast::<FlowValue>()
                         .read_unaligned()
                 });
-                if let Some(total) = combine(shares) {
+                entries += 1;
+                let total = match cached.remove(&key) {
+                    // A CPU's cached share is the newer copy of its share in the table.
+                    Some(newer) => {
+                        combine(in_table.zip(newer).map(
+                            |(t, c)| {
+                                if c.packets >= t.packets { c } else { t }
+                            },
+                        ))
+                    }
+                    None => combine(in_table),
+                };
+                if let Some(total) = total {
                     each(key, total);
                 }
             }
         },
     )
-    .map_err(|source| FlowTableError::Syscall { map: name, source })
+    .map_err(|source| FlowTableError::Syscall { map: name, source })?;
+    Ok(entries)
 }
 
 fn pod_bytes<T>(v: &T) -> &[u8] {
@@ -404,10 +607,11 @@ impl FlowScan {
             program_id: program_id.to_string(),
             capacity: self.capacity,
             entries: self.flows.len() as u64,
+            table_entries: self.table_entries,
             inserts: self.inserts,
             insert_failures: self.insert_failures,
             evicted: self.evicted(),
-            aged_out: self.removed,
+            aged_out: self.aged_out,
         }
     }
 }

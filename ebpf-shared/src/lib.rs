@@ -16,6 +16,11 @@ pub mod maps {
     pub const FW_FLOWS4: &str = "FW_FLOWS4";
     /// `LruPerCpuHashMap<FlowKey, FlowValue>`: IPv6 flows.
     pub const FW_FLOWS: &str = "FW_FLOWS";
+    /// `PerCpuArray<FlowCacheEntry<FlowKeyV4>>`, `FLOW_CACHE_SLOTS` entries: each CPU's
+    /// direct-mapped cache in front of `FW_FLOWS4` (see `FlowCacheEntry`).
+    pub const FW_FLOW_CACHE4: &str = "FW_FLOW_CACHE4";
+    /// `PerCpuArray<FlowCacheEntry<FlowKey>>`: the same in front of `FW_FLOWS`.
+    pub const FW_FLOW_CACHE: &str = "FW_FLOW_CACHE";
     /// `PerCpuArray<FlowTableStats>`: entry 0 the kernel's counts; entry 1 user space's (CPU 0's
     /// `inserts` = flows it removed).
     pub const FW_FLOW_STATS: &str = "FW_FLOW_STATS";
@@ -155,6 +160,66 @@ pub struct FlowValue {
     /// `Outcome` of the latest packet.
     pub outcome: u32,
 }
+
+/// Slots of each CPU's flow cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
+
+/// Fibonacci hashing of a folded key onto the cache's slots.
+#[inline(always)]
+fn cache_slot(folded: u32) -> u32 {
+    folded.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+impl FlowKeyV4 {
+    /// The flow's slot in each CPU's cache: the kernel and user space both use this.
+    #[inline(always)]
+    pub fn cache_slot(&self) -> u32 {
+        cache_slot(
+            self.src
+                ^ self.dst.rotate_left(16)
+                ^ (((self.source_port as u32) << 16) | self.dest_port as u32)
+                ^ self.ifindex.rotate_left(8)
+                ^ self.protocol as u32,
+        )
+    }
+}
+
+impl FlowKey {
+    /// As `FlowKeyV4::cache_slot`, for the IPv6 cache.
+    #[inline(always)]
+    pub fn cache_slot(&self) -> u32 {
+        let mut folded = (((self.source_port as u32) << 16) | self.dest_port as u32)
+            ^ self.ifindex.rotate_left(8)
+            ^ self.protocol as u32;
+        let mut i = 0;
+        while i < 4 {
+            folded ^= self.src[i] ^ self.dst[i].rotate_left(16);
+            i += 1;
+        }
+        cache_slot(folded)
+    }
+}
+
+/// One slot of a CPU's flow cache. A packet's flow hashes to one slot; while the flow holds
+/// that slot, its packets update `value` here (an array lookup, which the verifier inlines)
+/// instead of looking the flow up in the LRU table (a hash of the key and a helper call).
+/// When another flow takes the slot, `value`, this CPU's whole share of the flow, is written
+/// back to the table. So the table holds each flow's share as of its last write-back, the
+/// cache the newer one: a reader takes, per flow and CPU, the share with more packets,
+/// reading the cache before the table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry<K> {
+    /// Empty slot: `packets == 0`.
+    pub value: FlowValue,
+    pub key: K,
+    /// 1 once the flow has an entry in the table (found there, or written back).
+    pub in_table: u32,
+}
+
+// No implicit padding in the cache slots (the kernel and user space copy them whole).
+const _: () = assert!(size_of::<FlowCacheEntry<FlowKeyV4>>() == 40 + 20 + 4);
+const _: () = assert!(size_of::<FlowCacheEntry<FlowKey>>() == 40 + 44 + 4);
 
 /// Flow-table bookkeeping per CPU: entries evicted by the LRU are `inserts` minus the
 /// entries present (minus those user space removed).
@@ -507,4 +572,6 @@ mod pod {
     unsafe impl aya::Pod for super::TcpPeerStats {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowTableStats {}
+    unsafe impl aya::Pod for super::FlowCacheEntry<super::FlowKeyV4> {}
+    unsafe impl aya::Pod for super::FlowCacheEntry<super::FlowKey> {}
 }

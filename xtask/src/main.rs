@@ -47,6 +47,10 @@ enum Task {
         /// Run only the shaper and routes part and print it (BENCHMARKS.md is left alone).
         #[arg(long)]
         mesh_only: bool,
+        /// Run only the per-packet BPF_PROG_TEST_RUN rows against xdp-filter and print them
+        /// (BENCHMARKS.md is left alone).
+        #[arg(long)]
+        firewall_only: bool,
         /// Set by the bench itself when it runs again from the release build.
         #[arg(long, hide = true)]
         release_built: bool,
@@ -69,13 +73,15 @@ fn main() {
         Task::Bench {
             flows_only,
             mesh_only,
+            firewall_only,
             release_built: true,
-        } => bench::run(flows_only, mesh_only),
+        } => bench::run(flows_only, mesh_only, firewall_only),
         // The daemon and CLI are measured as shipped: the release build, which the bench
         // then runs from (the testbed starts the binaries beside the running executable).
         Task::Bench {
             flows_only,
             mesh_only,
+            firewall_only,
             ..
         } => setup::run().and_then(|_| {
             status(cargo().args(["build", "--release", "--bins"]))
@@ -93,6 +99,9 @@ fn main() {
             }
             if mesh_only {
                 again.arg("--mesh-only");
+            }
+            if firewall_only {
+                again.arg("--firewall-only");
             }
             status(&mut again).context("the benchmark (release build)")
         }),

@@ -16,7 +16,7 @@
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
+        bindings::{BPF_EXIST, BPF_F_NO_PREALLOC, BPF_NOEXIST, xdp_action},
         helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
         macros::{map, xdp},
         maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
@@ -24,10 +24,11 @@ mod program {
     };
     use ebpf_kern::{Malformed, Packet, highest_bit, lowest_bit, parse};
     use ebpf_shared::{
-        Counter, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES, FW_EXACT_MAX_ENTRIES,
-        FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowKey, FlowKeyV4, FlowTableStats, FlowValue,
-        LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES,
-        Outcome, PORTS, RULE_WORDS, RuleSetHeader, action, field, proto, tables,
+        Counter, FLOW_CACHE_SLOTS, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES,
+        FW_EXACT_MAX_ENTRIES, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowCacheEntry, FlowKey,
+        FlowKeyV4, FlowTableStats, FlowValue, LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY,
+        MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS, RULE_WORDS, RuleSetHeader,
+        action, field, proto, tables,
     };
 
     // Every map is pinned by name under the program's pin directory, so that a daemon that
@@ -44,6 +45,14 @@ mod program {
     #[map]
     static FW_FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> =
         LruPerCpuHashMap::pinned(FLOW_TABLE_DEFAULT_SIZE, 0);
+    /// Each CPU's cache in front of the tables (`FlowCacheEntry`); pinned like the tables, as
+    /// it holds the newest share of the flows in it.
+    #[map]
+    static FW_FLOW_CACHE4: PerCpuArray<FlowCacheEntry<FlowKeyV4>> =
+        PerCpuArray::pinned(FLOW_CACHE_SLOTS, 0);
+    #[map]
+    static FW_FLOW_CACHE: PerCpuArray<FlowCacheEntry<FlowKey>> =
+        PerCpuArray::pinned(FLOW_CACHE_SLOTS, 0);
     #[map]
     static FW_FLOW_STATS: PerCpuArray<FlowTableStats> = PerCpuArray::pinned(2, 0);
     #[map]
@@ -356,7 +365,7 @@ mod program {
         }
     }
 
-    /// Adds the packet to its flow, in the table of its IP family.
+    /// Adds the packet to its flow, in the cache and table of its IP family.
     #[inline(always)]
     fn account(p: &Packet, ifindex: u32, len: u64, outcome: Outcome, now: u64) {
         if p.v6 {
@@ -371,7 +380,15 @@ mod program {
                 direction: 0,
                 _pad: 0,
             };
-            account_in(&FW_FLOWS, &key, p.tcp_flags, len, outcome, now);
+            account_in(
+                &FW_FLOW_CACHE,
+                &FW_FLOWS,
+                &key,
+                p.tcp_flags,
+                len,
+                outcome,
+                now,
+            );
         } else {
             let key = FlowKeyV4 {
                 src: p.src[0],
@@ -383,14 +400,69 @@ mod program {
                 direction: 0,
                 _pad: 0,
             };
-            account_in(&FW_FLOWS4, &key, p.tcp_flags, len, outcome, now);
+            account_in(
+                &FW_FLOW_CACHE4,
+                &FW_FLOWS4,
+                &key,
+                p.tcp_flags,
+                len,
+                outcome,
+                now,
+            );
         }
     }
 
-    /// Updates this CPU's slot of the flow in place when the flow is known; inserts only when
-    /// it is not (an LRU update costs about ten lookups).
+    /// What the cache needs of a flow key: its slot (`cache_slot`, shared with user space),
+    /// and equality without `memcmp` (which BPF does not have).
+    trait CacheKey: Copy {
+        fn slot(&self) -> u32;
+        fn same(&self, other: &Self) -> bool;
+    }
+
+    impl CacheKey for FlowKeyV4 {
+        #[inline(always)]
+        fn slot(&self) -> u32 {
+            self.cache_slot()
+        }
+
+        #[inline(always)]
+        fn same(&self, o: &Self) -> bool {
+            self.src == o.src
+                && self.dst == o.dst
+                && self.source_port == o.source_port
+                && self.dest_port == o.dest_port
+                && self.ifindex == o.ifindex
+                && self.protocol == o.protocol
+                && self.direction == o.direction
+        }
+    }
+
+    impl CacheKey for FlowKey {
+        #[inline(always)]
+        fn slot(&self) -> u32 {
+            self.cache_slot()
+        }
+
+        #[inline(always)]
+        fn same(&self, o: &Self) -> bool {
+            let mut same = self.source_port == o.source_port
+                && self.dest_port == o.dest_port
+                && self.ifindex == o.ifindex
+                && self.protocol == o.protocol
+                && self.direction == o.direction;
+            for i in 0..4 {
+                same &= self.src[i] == o.src[i] && self.dst[i] == o.dst[i];
+            }
+            same
+        }
+    }
+
+    /// Counts the packet in this CPU's cache slot of its flow. A flow new to the slot first
+    /// writes the slot's previous flow back to the table, then starts from its own share in
+    /// the table (looked up, not inserted: it is inserted when it is written back).
     #[inline(always)]
-    fn account_in<K>(
+    fn account_in<K: CacheKey>(
+        cache: &PerCpuArray<FlowCacheEntry<K>>,
         table: &LruPerCpuHashMap<K, FlowValue>,
         key: &K,
         tcp_flags: u8,
@@ -398,29 +470,53 @@ mod program {
         outcome: Outcome,
         now: u64,
     ) {
-        if let Some(v) = table.get_ptr_mut(key) {
-            // SAFETY: this CPU's slot of the flow; only this CPU writes it.
-            let v = unsafe { &mut *v };
-            if v.packets == 0 {
-                // Another CPU created the flow; this is our first packet of it.
-                v.first_seen_ns = now;
+        let Some(e) = cache.get_ptr_mut(key.slot()) else {
+            return;
+        };
+        // SAFETY: this CPU's slot; only this CPU writes it while the program runs.
+        let e = unsafe { &mut *e };
+        if e.value.packets == 0 || !e.key.same(key) {
+            if e.value.packets != 0 {
+                write_back(table, e);
             }
-            v.packets += 1;
-            v.bytes += len;
-            v.last_seen_ns = now;
-            v.tcp_flags |= tcp_flags as u32;
-            v.outcome = outcome as u32;
+            // SAFETY: the share is copied out at once; it is this CPU's.
+            match unsafe { table.get(key) } {
+                Some(v) => {
+                    e.value = *v;
+                    e.in_table = 1;
+                }
+                None => {
+                    e.value = FlowValue::default();
+                    e.in_table = 0;
+                }
+            }
+            if e.value.packets == 0 {
+                e.value.first_seen_ns = now;
+            }
+            e.key = *key;
+        }
+        let v = &mut e.value;
+        v.packets += 1;
+        v.bytes += len;
+        v.last_seen_ns = now;
+        v.tcp_flags |= tcp_flags as u32;
+        v.outcome = outcome as u32;
+    }
+
+    /// Writes a cached flow's share back to the table: in place when its entry is there
+    /// (BPF_EXIST takes no free node, so it never evicts), else as a new entry.
+    #[inline(always)]
+    fn write_back<K: CacheKey>(table: &LruPerCpuHashMap<K, FlowValue>, e: &FlowCacheEntry<K>) {
+        let key = e.key;
+        let value = e.value;
+        if e.in_table != 0 && table.insert(&key, &value, BPF_EXIST as u64).is_ok() {
             return;
         }
-        let value = FlowValue {
-            packets: 1,
-            bytes: len,
-            first_seen_ns: now,
-            last_seen_ns: now,
-            tcp_flags: tcp_flags as u32,
-            outcome: outcome as u32,
-        };
-        let inserted = table.insert(key, &value, BPF_NOEXIST as u64).is_ok();
+        let inserted = table.insert(&key, &value, BPF_NOEXIST as u64).is_ok();
+        // Not inserted: the LRU had no room, or another CPU made the entry meanwhile.
+        if !inserted && table.insert(&key, &value, BPF_EXIST as u64).is_ok() {
+            return;
+        }
         if let Some(s) = FW_FLOW_STATS.get_ptr_mut(0) {
             // SAFETY: a per-CPU slot.
             let s = unsafe { &mut *s };
