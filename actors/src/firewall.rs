@@ -165,9 +165,11 @@ pub fn install(ebpf: &mut Ebpf, compiled: &CompiledRules) -> Result<u32, Firewal
     }
     let mut config: Array<&mut MapData, FirewallConfig> =
         Array::try_from(map_mut(ebpf, maps::FW_CONFIG)?).map_err(map_err(maps::FW_CONFIG))?;
+    // The epoch also tags the CPUs' verdict caches: verdicts taken under older rule sets
+    // stop counting with this store.
     let switched = FirewallConfig {
         generation: target,
-        _reserved: 0,
+        epoch,
     };
     config
         .set(0, switched, 0)

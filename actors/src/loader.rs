@@ -153,6 +153,8 @@ pub struct FirewallSettings {
     pub flows: bool,
     /// Entries of the flow table (`flow_table_size`).
     pub flow_table_size: u32,
+    /// Cache verdicts per CPU (`enable_verdict_cache`).
+    pub verdict_cache: bool,
 }
 
 impl Default for FirewallSettings {
@@ -163,6 +165,7 @@ impl Default for FirewallSettings {
             attach_mode: AttachMode::Drv,
             flows: true,
             flow_table_size: ebpf_shared::FLOW_TABLE_DEFAULT_SIZE,
+            verdict_cache: true,
         }
     }
 }
@@ -1313,9 +1316,15 @@ impl LoaderState {
         // loaded again under this id after a restart finds them, contents and all.
         loader.default_map_pin_directory(pins);
         let flows_enabled = u8::from(self.firewall.flows);
+        let verdict_cache = u8::from(self.firewall.verdict_cache);
         if wanted_program == Some("xdp_firewall") {
             loader
                 .override_global(ebpf_shared::globals::FLOWS_ENABLED, &flows_enabled, true)
+                .override_global(
+                    ebpf_shared::globals::VERDICT_CACHE_ENABLED,
+                    &verdict_cache,
+                    true,
+                )
                 .map_max_entries(ebpf_shared::maps::FW_FLOWS4, self.firewall.flow_table_size)
                 .map_max_entries(ebpf_shared::maps::FW_FLOWS, self.firewall.flow_table_size);
         }

@@ -88,6 +88,11 @@ impl Drop for Fw {
 
 /// Loads (and verifies) `xdp_firewall`, flows on with a table of `flows` entries when given.
 fn load_firewall(flows: Option<u32>) -> Fw {
+    load_firewall_with(flows, true)
+}
+
+/// As `load_firewall`, with the per-CPU verdict cache on or off.
+fn load_firewall_with(flows: Option<u32>, verdict_cache: bool) -> Fw {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     require_root();
@@ -98,8 +103,10 @@ fn load_firewall(flows: Option<u32>) -> Fw {
     ));
     actors::sys::ensure_pin_root(&pins).unwrap();
     let enabled = 1u8;
+    let cache = u8::from(verdict_cache);
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(&pins);
+    loader.override_global(ebpf_shared::globals::VERDICT_CACHE_ENABLED, &cache, true);
     if let Some(size) = flows {
         loader
             .override_global(ebpf_shared::globals::FLOWS_ENABLED, &enabled, true)
@@ -795,11 +802,21 @@ fn craft(p: &actors::rules::PacketSummary) -> Vec<u8> {
 
 #[test]
 fn the_kernel_agrees_with_explain_on_random_rule_sets_and_packets() {
-    use actors::rules::{compile, sample};
     require_root();
+    for verdict_cache in [true, false] {
+        agrees_with_explain(verdict_cache);
+    }
+}
+
+/// Each packet is judged twice (with the cache on, the second is answered from it), and the
+/// packets of the rule set before are judged again under the new one: a verdict cached under
+/// an older rule set must not answer.
+fn agrees_with_explain(verdict_cache: bool) {
+    use actors::rules::{compile, sample};
     let mut r = sample::Rng(0x2545_f491_4f6c_dd1d);
-    let mut ebpf = load_firewall(None);
+    let mut ebpf = load_firewall_with(None, verdict_cache);
     let mut checked = 0;
+    let mut recent: Vec<(_, Vec<u8>)> = Vec::new();
     for _ in 0..60 {
         let rules: Vec<FirewallRule> = (0..1 + r.below(12))
             .map(|_| sample::random_rule(&mut r))
@@ -811,25 +828,31 @@ fn the_kernel_agrees_with_explain_on_random_rule_sets_and_packets() {
         };
         let compiled = compile(&rules, default).unwrap();
         actors::firewall::install(&mut ebpf, &compiled).unwrap();
+        let before = std::mem::take(&mut recent);
         for _ in 0..40 {
             let p = sample::random_packet(&mut r);
             let frame = craft(&p);
             if frame.is_empty() {
                 continue; // v6 fragments are crafted in the extension-header test
             }
-            let expected = match compiled.evaluate(&p).action {
+            recent.push((p, frame));
+        }
+        for (p, frame) in before.iter().chain(&recent) {
+            let expected = match compiled.evaluate(p).action {
                 RuleAction::Allow => XDP_PASS,
                 RuleAction::Drop => XDP_DROP,
             };
-            assert_eq!(
-                verdict(&ebpf, &frame),
-                expected,
-                "rules {rules:#?}\npacket {p:?}"
-            );
+            for _ in 0..2 {
+                assert_eq!(
+                    verdict(&ebpf, frame),
+                    expected,
+                    "verdict cache {verdict_cache}: rules {rules:#?}\npacket {p:?}"
+                );
+            }
             checked += 1;
         }
     }
-    assert!(checked > 2000, "only {checked} packets checked");
+    assert!(checked > 4000, "only {checked} packets checked");
 }
 
 fn firewall_with_flows(rules: &[FirewallRule], table_size: u32) -> Fw {

@@ -695,6 +695,11 @@ impl Daemon {
             .collect()
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL: the daemon dies on the spot, as in a crash or an OOM kill.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("daemon already stopped");

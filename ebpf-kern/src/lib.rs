@@ -95,7 +95,7 @@ pub fn parse(start: usize, end: usize) -> Result<Option<Packet>, Malformed> {
 }
 
 #[inline(always)]
-fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
+pub fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
     if h + 20 > end {
         return Err(Malformed::Truncated);
     }
@@ -127,7 +127,7 @@ fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
 }
 
 #[inline(always)]
-fn ipv6(h: usize, end: usize) -> Result<Packet, Malformed> {
+pub fn ipv6(h: usize, end: usize) -> Result<Packet, Malformed> {
     if h + IPV6_HLEN > end {
         return Err(Malformed::Truncated);
     }

@@ -101,6 +101,8 @@ pub mod maps {
 pub mod globals {
     /// Non-zero: account flows and time packets.
     pub const FLOWS_ENABLED: &str = "FLOWS_ENABLED";
+    /// Non-zero (the object's default): cache verdicts per CPU (`enable_verdict_cache`).
+    pub const VERDICT_CACHE_ENABLED: &str = "VERDICT_CACHE_ENABLED";
 }
 
 /// Default size of each flow table, IPv4 and IPv6 (`flow_table_size` in the config).
@@ -469,14 +471,20 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Which rule generation packets are matched against. Kept alone in its map so that the
-/// switch is one aligned 4-byte store.
+/// Which rule generation packets are matched against, and the `port_epoch` of the install
+/// that generation holds. Kept alone in its map so that the switch is one aligned 8-byte
+/// store.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FirewallConfig {
     pub generation: u32,
-    pub _reserved: u32,
+    /// Tags the CPUs' verdict caches: a cached verdict counts only while this is the epoch
+    /// it was taken under. 0 (a table written before epochs were kept here): no caching.
+    pub epoch: u32,
 }
+
+/// Slots of each CPU's verdict cache in `xdp_firewall` (a power of two).
+pub const VERDICT_CACHE_SLOTS: u32 = 4096;
 
 /// The settings of one rule generation.
 #[repr(C)]

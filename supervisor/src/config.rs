@@ -41,6 +41,9 @@ pub struct Config {
     pub enable_flow_observability: bool,
     /// Flows the kernel table holds before the least recently seen are pushed out.
     pub flow_table_size: u32,
+    /// The firewall keeps each CPU's recent verdicts (per packet fields and rule set) and
+    /// answers a packet like one it has just seen without its tables.
+    pub enable_verdict_cache: bool,
     /// How often the FlowActor reads the flow tables (for rates and ageing; a `flows` query
     /// reads them at once).
     pub flow_poll_interval_seconds: f64,
@@ -87,6 +90,7 @@ impl Default for Config {
             programs_dir: "/opt/x0tta6bl4/ebpf".into(),
             enable_flow_observability: true,
             flow_table_size: ebpf_shared_flow_table_default(),
+            enable_verdict_cache: true,
             flow_poll_interval_seconds: 2.0,
             flow_idle_timeout_seconds: 120.0,
             enable_tcp_probe: true,
@@ -316,6 +320,7 @@ impl Config {
         let defaults = FirewallSettings {
             flows: self.enable_flow_observability,
             flow_table_size: self.flow_table_size,
+            verdict_cache: self.enable_verdict_cache,
             ..FirewallSettings::default()
         };
         match self.programs.get("xdp_firewall") {

@@ -22,13 +22,15 @@ mod program {
         maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
         programs::XdpContext,
     };
-    use ebpf_kern::{Malformed, Packet, highest_bit, lowest_bit, parse};
+    use ebpf_kern::{
+        ETH_P_IP, ETH_P_IPV6, Malformed, Packet, ethernet, highest_bit, ipv4, ipv6, lowest_bit,
+    };
     use ebpf_shared::{
         Counter, FLOW_CACHE_SLOTS, FLOW_TABLE_DEFAULT_SIZE, FW_CIDR_MAX_ENTRIES,
         FW_EXACT_MAX_ENTRIES, FW_PORT_CLASSES, FieldMatch, FirewallConfig, FlowCacheEntry, FlowKey,
         FlowKeyV4, FlowTableStats, FlowValue, LATENCY_BUCKETS, LATENCY_SAMPLE_EVERY,
         MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS, RULE_WORDS, RuleSetHeader,
-        action, field, proto, tables,
+        VERDICT_CACHE_SLOTS, action, field, proto, tables,
     };
 
     // Every map is pinned by name under the program's pin directory, so that a daemon that
@@ -58,10 +60,30 @@ mod program {
     #[map]
     static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::pinned(LATENCY_BUCKETS, 0);
 
+    /// Each CPU's verdict cache: the outcome of the rules for a packet's matched fields,
+    /// tagged with the epoch of the rule set that gave it (`FirewallConfig::epoch`). Not
+    /// pinned: a new program starts with an empty one.
+    #[map]
+    static FW_VERDICTS4: PerCpuArray<VerdictEntry<VerdictKeyV4>> =
+        PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+    #[map]
+    static FW_VERDICTS6: PerCpuArray<VerdictEntry<VerdictKeyV6>> =
+        PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+
     /// Set at load when flows are on (`enable_flow_observability`); a constant to the
     /// verifier, which drops the flow code when it is 0.
     #[unsafe(no_mangle)]
     static FLOWS_ENABLED: u8 = 0;
+
+    /// Set at load (`enable_verdict_cache`); on unless the daemon says otherwise.
+    #[unsafe(no_mangle)]
+    static VERDICT_CACHE_ENABLED: u8 = 1;
+
+    #[inline(always)]
+    fn verdict_cache_enabled() -> bool {
+        // SAFETY: as `flows_enabled`.
+        unsafe { core::ptr::read_volatile(&VERDICT_CACHE_ENABLED) != 0 }
+    }
 
     #[inline(always)]
     fn flows_enabled() -> bool {
@@ -324,40 +346,72 @@ mod program {
     pub fn xdp_firewall(ctx: XdpContext) -> u32 {
         let start = ctx.data();
         let end = ctx.data_end();
-        let len = (end - start) as u64;
-        let flows = flows_enabled();
-        let mut timed = false;
-        if flows && let Some(s) = FW_FLOW_STATS.get_ptr_mut(0) {
+        // With flows on, one packet in LATENCY_SAMPLE_EVERY is timed from here to its verdict.
+        let mut started = 0;
+        if flows_enabled()
+            && let Some(s) = FW_FLOW_STATS.get_ptr_mut(0)
+        {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
             let s = unsafe { &mut *s };
             s.packets += 1;
-            timed = s.packets & (LATENCY_SAMPLE_EVERY - 1) == 0;
+            if s.packets & (LATENCY_SAMPLE_EVERY - 1) == 0 {
+                // SAFETY: the clock helpers have no preconditions.
+                started = unsafe { bpf_ktime_get_ns() };
+            }
         }
-        // SAFETY: the clock helpers have no preconditions.
-        let started = if timed {
-            unsafe { bpf_ktime_get_ns() }
-        } else {
-            0
+        // Each L3 family gets its own inlined copy of the verdict and of `finish`, in which
+        // `Packet::v6` is a constant: the IPv4 copy never carries (or zeroes, on every
+        // branch) the IPv6 address words.
+        let Some((ethertype, l3)) = ethernet(start, end) else {
+            return finish(&ctx, Outcome::Malformed, None, started);
         };
-        let (outcome, packet) = decide(start, end);
+        match ethertype {
+            ETH_P_IP => match ipv4(start + l3, end) {
+                Ok(p) => finish(&ctx, judge(&p), Some(&p), started),
+                Err(m) => finish(&ctx, malformed(m), None, started),
+            },
+            ETH_P_IPV6 => match ipv6(start + l3, end) {
+                Ok(p) => finish(&ctx, judge(&p), Some(&p), started),
+                Err(m) => finish(&ctx, malformed(m), None, started),
+            },
+            // Not IP (ARP, LLDP, …): the firewall filters IP traffic.
+            _ => finish(&ctx, Outcome::Passed, None, started),
+        }
+    }
+
+    #[inline(always)]
+    fn malformed(m: Malformed) -> Outcome {
+        match m {
+            Malformed::Truncated => Outcome::Malformed,
+            Malformed::TooManyHeaders => Outcome::TooManyHeaders,
+        }
+    }
+
+    /// Counts the packet and, with flows on, records its processing time when it is timed
+    /// (`started` non-zero) and adds it to its flow; then turns the outcome into the action.
+    #[inline(always)]
+    fn finish(ctx: &XdpContext, outcome: Outcome, packet: Option<&Packet>, started: u64) -> u32 {
+        let len = (ctx.data_end() - ctx.data()) as u64;
         if let Some(c) = FW_STATS.get_ptr_mut(outcome as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
             let c = unsafe { &mut *c };
             c.packets += 1;
             c.bytes += len;
         }
-        if timed {
-            // SAFETY: as above.
-            let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
-            if let Some(b) = FW_LATENCY.get_ptr_mut(highest_bit(elapsed)) {
-                // SAFETY: a per-CPU slot.
-                unsafe { *b += 1 };
+        if flows_enabled() {
+            if started != 0 {
+                // SAFETY: the clock helpers have no preconditions.
+                let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(started);
+                if let Some(b) = FW_LATENCY.get_ptr_mut(highest_bit(elapsed)) {
+                    // SAFETY: a per-CPU slot.
+                    unsafe { *b += 1 };
+                }
             }
-        }
-        if flows && let Some(p) = packet {
-            // SAFETY: as above.
-            let now = unsafe { bpf_ktime_get_coarse_ns() };
-            account(&p, ctx.ingress_ifindex() as u32, len, outcome, now);
+            if let Some(p) = packet {
+                // SAFETY: as above.
+                let now = unsafe { bpf_ktime_get_coarse_ns() };
+                account(p, ctx.ingress_ifindex() as u32, len, outcome, now);
+            }
         }
         match outcome {
             Outcome::Passed => xdp_action::XDP_PASS,
@@ -528,21 +582,216 @@ mod program {
         }
     }
 
+    /// Everything of a packet the rules can look at (IPv4): addresses, ports, protocol,
+    /// and whether it has ports at all (a non-first fragment has none).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct VerdictKeyV4 {
+        /// `src | dst << 32`.
+        addresses: u64,
+        /// `ports | protocol_ports << 32` (see `ports_of`).
+        rest: u64,
+    }
+
+    /// The same for IPv6.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct VerdictKeyV6 {
+        src: [u32; 4],
+        dst: [u32; 4],
+        ports: u32,
+        protocol_ports: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct VerdictEntry<K> {
+        key: K,
+        /// The rule set's epoch when the verdict was taken; 0: empty.
+        epoch: u32,
+        /// `Outcome` as u32.
+        outcome: u32,
+    }
+
+    trait VerdictKey: Copy {
+        fn of(p: &Packet) -> Self;
+        /// The tables' verdict, in a function of its own per family (a BPF-to-BPF call):
+        /// the large table code then neither bloats nor crowds the registers of the
+        /// cached path.
+        fn tables(p: &Packet, generation: u32) -> Outcome;
+        fn slot(&self) -> u32;
+        fn same(&self, other: &Self) -> bool;
+    }
+
     #[inline(always)]
-    fn decide(start: usize, end: usize) -> (Outcome, Option<Packet>) {
-        let packet = match parse(start, end) {
-            Ok(Some(p)) => p,
-            Ok(None) => return (Outcome::Passed, None),
-            Err(Malformed::Truncated) => return (Outcome::Malformed, None),
-            Err(Malformed::TooManyHeaders) => return (Outcome::TooManyHeaders, None),
-        };
-        let generation = FW_CONFIG.get(0).map(|c| c.generation).unwrap_or(0);
-        let (best, default_action) = if generation == 0 {
-            decide_0(&packet)
+    fn ports_of(p: &Packet) -> (u32, u32) {
+        (
+            ((p.source_port as u32) << 16) | p.dest_port as u32,
+            p.protocol as u32 | ((p.has_ports as u32) << 8),
+        )
+    }
+
+    /// Fibonacci hashing of a folded key onto the cache's slots.
+    #[inline(always)]
+    fn verdict_slot(folded: u32) -> u32 {
+        folded.wrapping_mul(0x9E37_79B1) >> (32 - VERDICT_CACHE_SLOTS.trailing_zeros())
+    }
+
+    impl VerdictKey for VerdictKeyV4 {
+        #[inline(always)]
+        fn of(p: &Packet) -> Self {
+            let (ports, protocol_ports) = ports_of(p);
+            VerdictKeyV4 {
+                addresses: p.src[0] as u64 | (p.dst[0] as u64) << 32,
+                rest: ports as u64 | (protocol_ports as u64) << 32,
+            }
+        }
+
+        #[inline(always)]
+        fn tables(p: &Packet, generation: u32) -> Outcome {
+            outcome_of(tables_v4(
+                p.src[0],
+                p.dst[0],
+                ((p.source_port as u32) << 16) | p.dest_port as u32,
+                p.protocol as u32 | ((p.has_ports as u32) << 8),
+                generation,
+            ))
+        }
+
+        #[inline(always)]
+        fn slot(&self) -> u32 {
+            let folded = self.addresses ^ self.rest.rotate_left(16);
+            verdict_slot((folded ^ (folded >> 32)) as u32)
+        }
+
+        #[inline(always)]
+        fn same(&self, o: &Self) -> bool {
+            self.addresses == o.addresses && self.rest == o.rest
+        }
+    }
+
+    impl VerdictKey for VerdictKeyV6 {
+        #[inline(always)]
+        fn of(p: &Packet) -> Self {
+            let (ports, protocol_ports) = ports_of(p);
+            VerdictKeyV6 {
+                src: p.src,
+                dst: p.dst,
+                ports,
+                protocol_ports,
+            }
+        }
+
+        #[inline(always)]
+        fn tables(p: &Packet, generation: u32) -> Outcome {
+            outcome_of(tables_v6(p, generation))
+        }
+
+        #[inline(always)]
+        fn slot(&self) -> u32 {
+            let mut folded = self.ports ^ self.protocol_ports.rotate_left(24);
+            for i in 0..4 {
+                folded ^= self.src[i] ^ self.dst[i].rotate_left(16);
+            }
+            verdict_slot(folded)
+        }
+
+        #[inline(always)]
+        fn same(&self, o: &Self) -> bool {
+            let mut same = self.ports == o.ports && self.protocol_ports == o.protocol_ports;
+            for i in 0..4 {
+                same &= self.src[i] == o.src[i] && self.dst[i] == o.dst[i];
+            }
+            same
+        }
+    }
+
+    /// The rules' outcome for a parsed packet, from the generation packets use now: this
+    /// CPU's cached verdict for the same fields under the same rule set when there is one,
+    /// else the tables' (then cached).
+    #[inline(always)]
+    fn judge(packet: &Packet) -> Outcome {
+        let (generation, epoch) = FW_CONFIG
+            .get(0)
+            .map(|c| (c.generation, c.epoch))
+            .unwrap_or((0, 0));
+        if packet.v6 {
+            judge_cached(&FW_VERDICTS6, packet, generation, epoch)
         } else {
-            decide_1(&packet)
+            judge_cached(&FW_VERDICTS4, packet, generation, epoch)
+        }
+    }
+
+    /// One inlined copy of the tables' verdict per family (it is large): the cache is
+    /// looked at first, and filled after, only when `epoch` says to.
+    #[inline(always)]
+    fn judge_cached<K: VerdictKey>(
+        cache: &PerCpuArray<VerdictEntry<K>>,
+        packet: &Packet,
+        generation: u32,
+        epoch: u32,
+    ) -> Outcome {
+        let mut slot = None;
+        if epoch != 0 && verdict_cache_enabled() {
+            let key = K::of(packet);
+            if let Some(e) = cache.get_ptr_mut(key.slot()) {
+                // SAFETY: this CPU's slot; only this CPU touches it while the program runs.
+                let e = unsafe { &mut *e };
+                if e.epoch == epoch && e.key.same(&key) {
+                    return outcome_of(e.outcome);
+                }
+                slot = Some((e, key));
+            }
+        }
+        let outcome = K::tables(packet, generation);
+        if let Some((e, key)) = slot {
+            e.key = key;
+            e.epoch = epoch;
+            e.outcome = outcome as u32;
+        }
+        outcome
+    }
+
+    #[inline(always)]
+    fn outcome_of(o: u32) -> Outcome {
+        match o {
+            o if o == Outcome::Rule as u32 => Outcome::Rule,
+            o if o == Outcome::DefaultPolicy as u32 => Outcome::DefaultPolicy,
+            _ => Outcome::Passed,
+        }
+    }
+
+    /// `judge_tables` for an IPv4 packet, from the fields the rules read (five arguments,
+    /// the most a BPF call takes).
+    #[inline(never)]
+    fn tables_v4(src: u32, dst: u32, ports: u32, protocol_ports: u32, generation: u32) -> u32 {
+        let p = Packet {
+            v6: false,
+            protocol: protocol_ports as u8,
+            has_ports: protocol_ports >> 8 != 0,
+            source_port: (ports >> 16) as u16,
+            dest_port: ports as u16,
+            tcp_flags: 0,
+            src: [src, 0, 0, 0],
+            dst: [dst, 0, 0, 0],
         };
-        let outcome = if best == NO_RULE {
+        judge_tables(&p, generation) as u32
+    }
+
+    #[inline(never)]
+    fn tables_v6(p: &Packet, generation: u32) -> u32 {
+        judge_tables(p, generation) as u32
+    }
+
+    /// The rules' outcome from the tables of `generation`.
+    #[inline(always)]
+    fn judge_tables(packet: &Packet, generation: u32) -> Outcome {
+        let (best, default_action) = if generation == 0 {
+            decide_0(packet)
+        } else {
+            decide_1(packet)
+        };
+        if best == NO_RULE {
             if default_action == action::DROP {
                 Outcome::DefaultPolicy
             } else {
@@ -552,8 +801,7 @@ mod program {
             Outcome::Rule
         } else {
             Outcome::Passed
-        };
-        (outcome, Some(packet))
+        }
     }
 
     #[panic_handler]
