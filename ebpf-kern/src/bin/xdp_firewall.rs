@@ -762,7 +762,7 @@ mod program {
                 return outcome_of(hit);
             }
         }
-        let outcome = judge_tables(packet, generation);
+        let outcome = judge_tables(*packet, generation);
         if cache {
             if packet.v6 {
                 remember_v6(packet, epoch, outcome as u32);
@@ -784,11 +784,13 @@ mod program {
 
     /// The rules' outcome from the tables of `generation`.
     #[inline(always)]
-    fn judge_tables(packet: &Packet, generation: u32) -> Outcome {
+    /// Takes the packet by value: its copy, whose fields the map lookups take the address
+    /// of, is then made on this path only, not on the cached one.
+    fn judge_tables(packet: Packet, generation: u32) -> Outcome {
         let (best, default_action) = if generation == 0 {
-            decide_0(packet)
+            decide_0(&packet)
         } else {
-            decide_1(packet)
+            decide_1(&packet)
         };
         if best == NO_RULE {
             if default_action == action::DROP {
