@@ -83,17 +83,9 @@ fn at<T: Copy>(at: usize) -> T {
     unsafe { *(at as *const T) }
 }
 
-/// Parses an Ethernet frame. `Ok(None)`: not IP (ARP, LLDP, …).
-#[inline(always)]
-pub fn parse(start: usize, end: usize) -> Result<Option<Packet>, Malformed> {
-    let (ethertype, l3) = ethernet(start, end).ok_or(Malformed::Truncated)?;
-    match ethertype {
-        ETH_P_IP => ipv4(start + l3, end).map(Some),
-        ETH_P_IPV6 => ipv6(start + l3, end).map(Some),
-        _ => Ok(None),
-    }
-}
-
+/// Parses an IPv4 header at `h` (where `ethernet` says L3 starts) and the transport header
+/// after it. Callers take the families apart (`ethernet`, then this or `ipv6`) so that each
+/// gets code of its own, in which `Packet::v6` is a constant.
 #[inline(always)]
 pub fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
     if h + 20 > end {
@@ -126,6 +118,8 @@ pub fn ipv4(h: usize, end: usize) -> Result<Packet, Malformed> {
     Ok(p)
 }
 
+/// Parses an IPv6 header at `h`, its extension headers (up to
+/// `MAX_IPV6_EXTENSION_HEADERS`) and the transport header.
 #[inline(always)]
 pub fn ipv6(h: usize, end: usize) -> Result<Packet, Malformed> {
     if h + IPV6_HLEN > end {

@@ -782,10 +782,10 @@ mod program {
         }
     }
 
-    /// The rules' outcome from the tables of `generation`.
+    /// The rules' outcome from the tables of `generation`. Takes the packet by value: its
+    /// copy, whose fields the map lookups take the address of, is then made on this path
+    /// only, not on the cached one.
     #[inline(always)]
-    /// Takes the packet by value: its copy, whose fields the map lookups take the address
-    /// of, is then made on this path only, not on the cached one.
     fn judge_tables(packet: Packet, generation: u32) -> Outcome {
         let (best, default_action) = if generation == 0 {
             decide_0(&packet)
