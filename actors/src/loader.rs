@@ -920,15 +920,16 @@ impl LoaderState {
             }
         }
         self.save_programs();
-        // Pins of ours that no saved program owns (an earlier daemon's leftovers).
+        // Pins of ours that no saved program owns (an earlier daemon's leftovers). Only
+        // directories named like program ids (`<stem>-<n>`): others under the pin root (the
+        // shaper's, or anything not ours) are not a program's leftovers.
         for e in std::fs::read_dir(&self.pin_root)
             .into_iter()
             .flatten()
             .flatten()
         {
             let id = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !self.programs.contains_key(&id) && id != crate::shaper::PIN_DIR
-            {
+            if e.path().is_dir() && is_program_id(&id) && !self.programs.contains_key(&id) {
                 sys::remove_pins(&e.path());
                 warn!(program_id = %id, "removed pins no saved program owns");
                 self.reconciliation.push(sys::reconciled(
@@ -1627,5 +1628,46 @@ fn attach_error(program_id: &str, interface: &str, mode: AttachMode, e: ProgramE
             ErrorKind::Internal,
             format!("attaching {program_id} to {interface} in {mode} mode failed: {detail}"),
         ),
+    }
+}
+
+/// A directory name the loader gives a program's pins: `<stem>-<n>`, `n` a positive number.
+fn is_program_id(name: &str) -> bool {
+    match name.rsplit_once('-') {
+        Some((stem, n)) => {
+            !stem.is_empty()
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && n.parse::<u64>().is_ok_and(|n| n > 0)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_program_id;
+
+    #[test]
+    fn only_program_id_shaped_names_are_swept() {
+        for id in [
+            "xdp_firewall-1",
+            "xdp_firewall-9",
+            "my-prog-12",
+            "cgroup_counter-3",
+        ] {
+            assert!(is_program_id(id), "{id}");
+        }
+        for other in [
+            "shaper",
+            "xdp_firewall",
+            "xdp_firewall-",
+            "-1",
+            "fw-0",
+            "fw-1a",
+            "maps",
+        ] {
+            assert!(!is_program_id(other), "{other}");
+        }
     }
 }

@@ -73,6 +73,9 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
     // another interface.
     let orphan = daemon.pin_root.join("xdp_firewall-9");
     std::fs::create_dir_all(&orphan).unwrap();
+    // Not named like a program id: not a program's leftover, not swept.
+    let not_ours = daemon.pin_root.join("someone-elses");
+    std::fs::create_dir_all(&not_ours).unwrap();
     chaos_tests::run(std::process::Command::new("bpftool").args([
         "map",
         "create",
@@ -123,6 +126,11 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         "{steps:#?}"
     );
     assert!(!orphan.exists(), "the orphan pins are gone");
+    assert!(
+        not_ours.exists(),
+        "a directory not named like a program id is left alone"
+    );
+    assert!(!has("removed", "someone-elses"), "{steps:#?}");
     let human = String::from_utf8(daemon.cli(&["status"]).stdout).unwrap();
     assert!(human.contains("reconciliation"), "{human}");
     assert_eq!(after[0]["id"], before[0]["id"], "the same program id");
@@ -180,7 +188,20 @@ fn a_killed_daemon_leaves_the_firewall_working_and_the_next_one_adopts_it() {
         kernel_links_of(new_kernel_id).is_empty(),
         "detached at shutdown"
     );
-    assert!(!daemon.pin_root.exists(), "no pins left");
+    // Nothing of ours is left: only the directory that was never ours.
+    let left: Vec<String> = std::fs::read_dir(&daemon.pin_root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        left,
+        vec!["someone-elses".to_string()],
+        "no pins of ours left"
+    );
+    std::fs::remove_dir(&not_ours).unwrap();
     assert_eq!(hosts.ping(denied, 2), 2);
 }
 
