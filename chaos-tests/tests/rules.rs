@@ -100,7 +100,9 @@ fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
         human.trim(),
         "allow: no rule matches; the default policy is allow"
     );
-    hosts.send_udp(allowed, 9500, 3, 10);
+    // One flow (a fixed source port) under this rule set and the next: its verdict, cached
+    // by each CPU, must not outlive the rule set it was reached under.
+    hosts.send_udp_from_port(allowed, 40002, 9500, 3, 10);
     assert_eq!(
         dropped_by_rules(&daemon, 10),
         10,
@@ -109,7 +111,7 @@ fn rules_change_live_traffic_explain_themselves_and_survive_a_restart() {
 
     // Delete it again: the allowed source gets through.
     daemon.cli_json(&["rules", "del", "1"]);
-    hosts.send_udp(allowed, 9500, 3, 10);
+    hosts.send_udp_from_port(allowed, 40002, 9500, 3, 10);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(dropped_by_rules(&daemon, 10), 10);
 
