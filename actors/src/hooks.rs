@@ -290,7 +290,7 @@ pub fn attach(
                 direction,
             },
         ) => {
-            check_interface(interface)?;
+            sys::interface_index(interface)?;
             let pin = hook_dir.join(pin_name(target, *direction, 0));
             let (link, was_adopted) =
                 tcx_link(prog, interface, *direction, &pin).map_err(|e| {
@@ -306,7 +306,7 @@ pub fn attach(
             (Holder::Links(vec![link]), vec![*direction])
         }
         (Program::SocketFilter(_), HookTarget::Socket { interface }) => {
-            let ifindex = check_interface(interface)?;
+            let ifindex = sys::interface_index(interface)?;
             if sampler {
                 set_sample_every(ebpf, sample_every)?;
             }
@@ -369,15 +369,6 @@ pub fn attach(
             sample_every,
         },
         holder,
-    })
-}
-
-fn check_interface(interface: &str) -> Result<u32, ApiError> {
-    nix::net::if_::if_nametoindex(interface).map_err(|_| {
-        api(
-            ErrorKind::UnknownInterface,
-            sys::unknown_interface_message(interface),
-        )
     })
 }
 

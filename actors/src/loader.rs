@@ -730,6 +730,19 @@ impl LoaderState {
         deny: bool,
         sample_every: u32,
     ) -> Result<Hook, ApiError> {
+        let hook = self.hold_hook(program_id, target, deny, sample_every)?;
+        self.save_hooks();
+        Ok(hook)
+    }
+
+    /// `attach_hook` without saving the list (restoring saves once, at the end).
+    fn hold_hook(
+        &mut self,
+        program_id: &str,
+        target: &HookTarget,
+        deny: bool,
+        sample_every: u32,
+    ) -> Result<Hook, ApiError> {
         let unknown = self.unknown_program(program_id);
         let hook_dir = self.hook_dir(program_id);
         let loaded = self.programs.get_mut(program_id).ok_or(unknown)?;
@@ -753,7 +766,6 @@ impl LoaderState {
         )?;
         let hook = held.hook.clone();
         self.hooks.push(held);
-        self.save_hooks();
         Ok(hook)
     }
 
@@ -821,7 +833,7 @@ impl LoaderState {
             Err(_) => Vec::new(),
         };
         for h in saved {
-            if let Err(e) = self.attach_hook(&h.program_id, &h.target, h.deny, h.sample_every) {
+            if let Err(e) = self.hold_hook(&h.program_id, &h.target, h.deny, h.sample_every) {
                 warn!(program_id = %h.program_id, target = %h.target, error = %e, "cannot attach a saved hook again");
                 self.reconciliation.push(sys::reconciled(
                     "failed",
@@ -1493,12 +1505,7 @@ impl LoaderState {
                 format!("{program_id} is a {program_type} program; attaching to an interface works for xdp programs only in this version"),
             )
         })?;
-        if !sys::interface_exists(interface) {
-            return Err(ApiError::new(
-                ErrorKind::UnknownInterface,
-                sys::unknown_interface_message(interface),
-            ));
-        }
+        sys::interface_index(interface)?;
         if pin.exists() {
             match adopt(xdp, &pin) {
                 Ok(link) => {

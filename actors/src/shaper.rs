@@ -67,28 +67,30 @@ const MIN_QUEUE_BYTES: u64 = 2 * 1514;
 /// The largest packet a qdisc is handed: a 64 KiB GSO packet (the class's burst).
 const MAX_PACKET_BYTES: u64 = 64 * 1024;
 
-/// `"100mbit"` → (100, "mbit"), lower-cased; `None` when there is no number.
-fn number_and_unit(s: &str) -> Option<(f64, String)> {
+/// `"100mbit"` with units `[("mbit", 1e6), …]` → 100e6; `None` without a number or with a
+/// unit not in the list. Case does not matter; fractions are taken (`"1.5ms"`).
+fn scaled(s: &str, units: &[(&str, f64)]) -> Option<f64> {
     let lower = s.trim().to_ascii_lowercase();
     let split = lower
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(split);
-    Some((number.parse().ok()?, unit.to_string()))
+    let n: f64 = number.parse().ok()?;
+    let (_, multiplier) = units.iter().find(|(u, _)| *u == unit)?;
+    Some(n * multiplier)
 }
 
 /// `"100mbit"` → bits per second. Units: bit, kbit, mbit, gbit (also `bps` for bit).
 pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let not_a_rate = || format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit");
-    let (n, unit) = number_and_unit(s).ok_or_else(not_a_rate)?;
-    let multiplier = match unit.as_str() {
-        "bit" | "bps" => 1.0,
-        "kbit" => 1e3,
-        "mbit" => 1e6,
-        "gbit" => 1e9,
-        _ => return Err(not_a_rate()),
-    };
-    let bits = n * multiplier;
+    const UNITS: [(&str, f64); 5] = [
+        ("bit", 1.0),
+        ("bps", 1.0),
+        ("kbit", 1e3),
+        ("mbit", 1e6),
+        ("gbit", 1e9),
+    ];
+    let bits = scaled(s, &UNITS)
+        .ok_or_else(|| format!("{s:?} is not a rate: write e.g. 500kbit, 100mbit or 1gbit"))?;
     if bits.is_nan() || bits < 8.0 {
         return Err(format!("{s:?} is not a positive rate of at least 8bit"));
     }
@@ -100,15 +102,9 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// `"50ms"` → microseconds. Units: us, ms, s.
 pub fn parse_latency(s: &str) -> Result<u64, String> {
-    let not_a_duration = || format!("{s:?} is not a duration: write e.g. 50ms");
-    let (n, unit) = number_and_unit(s).ok_or_else(not_a_duration)?;
-    let multiplier = match unit.as_str() {
-        "us" => 1.0,
-        "ms" => 1e3,
-        "s" => 1e6,
-        _ => return Err(not_a_duration()),
-    };
-    let us = n * multiplier;
+    const UNITS: [(&str, f64); 3] = [("us", 1.0), ("ms", 1e3), ("s", 1e6)];
+    let us =
+        scaled(s, &UNITS).ok_or_else(|| format!("{s:?} is not a duration: write e.g. 50ms"))?;
     if us.is_nan() || us < 1.0 {
         return Err(format!("{s:?} is not a positive duration"));
     }
@@ -149,15 +145,6 @@ impl ShaperSetting {
 
 fn handle(major: u16, minor: u16) -> TcHandle {
     TcHandle { major, minor }
-}
-
-fn ifindex(interface: &str) -> Result<u32, ApiError> {
-    nix::net::if_::if_nametoindex(interface).map_err(|_| {
-        ApiError::new(
-            ErrorKind::UnknownInterface,
-            sys::unknown_interface_message(interface),
-        )
-    })
 }
 
 fn tc_message(ifindex: u32, own: TcHandle, parent: TcHandle) -> TcMessage {
@@ -413,7 +400,7 @@ impl ShaperState {
     /// Puts `setting` in force: qdiscs, class entry, classifier link. Idempotent.
     fn apply(&mut self, setting: &ShaperSetting) -> Result<(), ApiError> {
         let interface = setting.interface.as_str();
-        let ifindex = ifindex(interface)?;
+        let ifindex = sys::interface_index(interface)?;
         install_qdiscs(ifindex, setting).map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,

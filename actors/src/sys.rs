@@ -75,6 +75,16 @@ pub fn unknown_interface_message(name: &str) -> String {
     )
 }
 
+/// The index of `interface`; an unknown one is an error that lists the interfaces there are.
+pub fn interface_index(interface: &str) -> Result<u32, crate::api::ApiError> {
+    nix::net::if_::if_nametoindex(interface).map_err(|_| {
+        crate::api::ApiError::new(
+            crate::api::ErrorKind::UnknownInterface,
+            unknown_interface_message(interface),
+        )
+    })
+}
+
 const EM_BPF: u16 = 247;
 
 /// Checks that `bytes` look like a BPF ELF object before aya parses them, so that the user

@@ -223,25 +223,7 @@ impl TwoHosts {
 
     /// Pings `a` from `b` (bound to `from`); returns how many replies came back.
     pub fn ping(&self, from: Ipv4Addr, count: u32) -> u32 {
-        let out = self
-            .b
-            .command("ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                "-I",
-            ])
-            .arg(from.to_string())
-            .arg(self.ip_a.to_string())
-            .output()
-            .expect("run ping (package iputils-ping; `cargo xtask setup` installs it)");
-        ping_replies(&out)
+        ping(&self.b, self.ip_a, Some(from), count)
     }
 }
 
@@ -249,6 +231,30 @@ impl Default for TwoHosts {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `count` pings from `ns` to `to` (from the address `from` when given), 10 ms apart, each
+/// waited for up to 1 s; returns how many replies came back.
+pub fn ping(ns: &NetNs, to: Ipv4Addr, from: Option<Ipv4Addr>, count: u32) -> u32 {
+    let mut cmd = ns.command("ping");
+    cmd.args([
+        "-n",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+    ]);
+    if let Some(from) = from {
+        cmd.arg("-I").arg(from.to_string());
+    }
+    let out = cmd
+        .arg(to.to_string())
+        .output()
+        .expect("run ping (package iputils-ping; `cargo xtask setup` installs it)");
+    ping_replies(&out)
 }
 
 /// The replies `ping -q` reports in its summary.
@@ -389,23 +395,7 @@ impl Chain {
 
     /// Pings `to` from A; returns the replies.
     pub fn ping_from_a(&self, to: Ipv4Addr, count: u32) -> u32 {
-        let out = self
-            .a
-            .command("ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-            ])
-            .arg(to.to_string())
-            .output()
-            .expect("run ping");
-        ping_replies(&out)
+        ping(&self.a, to, None, count)
     }
 
     /// The routes file B needs to forward between A and C.

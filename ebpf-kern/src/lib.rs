@@ -267,3 +267,27 @@ pub fn lowest_bit(mut x: u64) -> u32 {
     }
     n
 }
+
+/// Adds `add` to this CPU's counters for `key` in a per-CPU hash of counter arrays, making
+/// the entry when there is none; returns this CPU's first counter afterwards.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn count_per_cpu<K, const N: usize>(
+    map: &aya_ebpf::maps::PerCpuHashMap<K, [u64; N]>,
+    key: &K,
+    add: &[u64; N],
+) -> u64 {
+    match map.get_ptr_mut(key) {
+        // SAFETY: this CPU's value: only this CPU writes it while the program runs.
+        Some(v) => unsafe {
+            for (c, a) in (*v).iter_mut().zip(add) {
+                *c += *a;
+            }
+            (*v)[0]
+        },
+        None => {
+            let _ = map.insert(key, add, 0);
+            add[0]
+        }
+    }
+}

@@ -137,15 +137,16 @@ impl Control {
                 direction,
                 sample_every,
             } => {
-                let program_type = program_type_of(&loader, &program_id).await?;
-                match hook_target(
-                    program_type,
+                let (program_type, target) = hook_of(
+                    &loader,
                     &program_id,
                     interface.clone(),
                     cgroup,
                     tracepoint,
                     direction,
-                )? {
+                )
+                .await?;
+                match target {
                     Some(target) => {
                         if mode.is_some() || force {
                             return Err(ApiError::new(
@@ -198,15 +199,16 @@ impl Control {
                 tracepoint,
                 direction,
             } => {
-                let program_type = program_type_of(&loader, &program_id).await?;
-                match hook_target(
-                    program_type,
+                let (_, target) = hook_of(
+                    &loader,
                     &program_id,
                     interface.clone(),
                     cgroup,
                     tracepoint,
                     direction,
-                )? {
+                )
+                .await?;
+                match target {
                     Some(target) => Response::Unhooked(
                         ask(&loader, "LoaderActor", |reply| LoaderMsg::DetachHook {
                             program_id,
@@ -753,12 +755,30 @@ fn flow_actor() -> Result<ActorRef<FlowMsg>, ApiError> {
 
 /// The type of loaded program `id`; `None` when no such program is loaded (the XDP path
 /// then reports it).
-async fn program_type_of(
+/// The program's type and, for the kinds that are not XDP, where `attach`/`detach` point it
+/// (`hook_target`).
+async fn hook_of(
     loader: &ActorRef<LoaderMsg>,
-    id: &str,
-) -> Result<Option<ProgramType>, ApiError> {
+    program_id: &str,
+    interface: String,
+    cgroup: Option<String>,
+    tracepoint: Option<String>,
+    direction: Option<Direction>,
+) -> Result<(Option<ProgramType>, Option<HookTarget>), ApiError> {
     let programs = ask(loader, "LoaderActor", |reply| LoaderMsg::List { reply }).await?;
-    Ok(programs.iter().find(|p| p.id == id).map(|p| p.program_type))
+    let program_type = programs
+        .iter()
+        .find(|p| p.id == program_id)
+        .map(|p| p.program_type);
+    let target = hook_target(
+        program_type,
+        program_id,
+        interface,
+        cgroup,
+        tracepoint,
+        direction,
+    )?;
+    Ok((program_type, target))
 }
 
 /// Where a program of `program_type` attaches, for the kinds that are not XDP (`None`: XDP,

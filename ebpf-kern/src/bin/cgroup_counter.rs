@@ -13,6 +13,7 @@ mod program {
         maps::{Array, HashMap, PerCpuHashMap},
         programs::SkBuffContext,
     };
+    use ebpf_kern::count_per_cpu;
     use ebpf_shared::cgroup::*;
 
     #[map]
@@ -61,18 +62,7 @@ mod program {
             _pad: 0,
         };
         let deny = CG_DENY_ANY.get(0).is_some_and(|n| *n != 0) && denied(skb);
-        let add = [1, u64::from(len), u64::from(deny)];
-        match CG_STATS.get_ptr_mut(&key) {
-            // SAFETY: a per-CPU value: only this CPU writes it, now.
-            Some(v) => unsafe {
-                (*v)[0] += add[0];
-                (*v)[1] += add[1];
-                (*v)[2] += add[2];
-            },
-            None => {
-                let _ = CG_STATS.insert(&key, &add, 0);
-            }
-        }
+        count_per_cpu(&CG_STATS, &key, &[1, u64::from(len), u64::from(deny)]);
         if deny { DROP } else { PASS }
     }
 

@@ -12,6 +12,7 @@ mod program {
         maps::{Array, PerCpuHashMap},
         programs::SkBuffContext,
     };
+    use ebpf_kern::count_per_cpu;
     use ebpf_shared::socket::SF_MAX;
 
     #[map]
@@ -37,18 +38,7 @@ mod program {
         // SAFETY: the context's `__sk_buff` is valid for the whole run of the program.
         let (len, ifindex) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).ifindex) };
         let key = [ifindex, protocol(&ctx)];
-        let seen = match SF_STATS.get_ptr_mut(&key) {
-            // SAFETY: a per-CPU value: only this CPU writes it, now.
-            Some(v) => unsafe {
-                (*v)[0] += 1;
-                (*v)[1] += u64::from(len);
-                (*v)[0]
-            },
-            None => {
-                let _ = SF_STATS.insert(&key, &[1, u64::from(len)], 0);
-                1
-            }
-        };
+        let seen = count_per_cpu(&SF_STATS, &key, &[1, u64::from(len)]);
         let every = SF_SAMPLE_EVERY.get(0).copied().unwrap_or(0);
         if every != 0 && seen % u64::from(every) == 0 {
             i64::from(len)

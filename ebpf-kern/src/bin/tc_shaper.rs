@@ -15,6 +15,7 @@ mod program {
         maps::{HashMap, PerCpuHashMap},
         programs::TcContext,
     };
+    use ebpf_kern::count_per_cpu;
     use ebpf_shared::shaper::SHAPER_MAX;
 
     #[map]
@@ -35,17 +36,7 @@ mod program {
             return TCX_NEXT;
         };
         skb.priority = classid;
-        let len = u64::from(skb.len);
-        match SHAPER_STATS.get_ptr_mut(&ifindex) {
-            // SAFETY: a per-CPU value: only this CPU writes it, now.
-            Some(v) => unsafe {
-                (*v)[0] += 1;
-                (*v)[1] += len;
-            },
-            None => {
-                let _ = SHAPER_STATS.insert(&ifindex, &[1, len], 0);
-            }
-        }
+        count_per_cpu(&SHAPER_STATS, &ifindex, &[1, u64::from(skb.len)]);
         TCX_NEXT
     }
 
