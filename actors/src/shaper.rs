@@ -356,7 +356,9 @@ pub struct ShaperArgs {
 }
 
 pub struct ShaperState {
-    ebpf: Ebpf,
+    /// `tc_shaper`, loaded when an interface is first shaped (a daemon that shapes nothing
+    /// loads nothing).
+    ebpf: Option<Ebpf>,
     pin_dir: PathBuf,
     state_file: PathBuf,
     settings: BTreeMap<String, ShaperSetting>,
@@ -370,9 +372,46 @@ pub struct ShaperState {
 
 pub struct ShaperActor;
 
+/// Loads `tc_shaper` with its maps pinned under `pin_dir` (the maps of an earlier daemon are
+/// taken over).
+fn load_tc_shaper(pin_dir: &std::path::Path) -> Result<Ebpf, ApiError> {
+    let failed = |m: String| {
+        ApiError::new(
+            ErrorKind::Internal,
+            format!("{m}; the shaper cannot work without it"),
+        )
+    };
+    std::fs::create_dir_all(pin_dir)
+        .map_err(|e| failed(format!("creating {}: {e}", pin_dir.display())))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(crate::builtin::TC_SHAPER)
+        .map_err(|e| failed(format!("loading tc_shaper: {}", sys::chain(&e))))?;
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("tc_shaper")
+        .ok_or_else(|| failed("tc_shaper has no program".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| failed(sys::chain(&e)))?;
+    program.load().map_err(|e| {
+        failed(format!(
+            "loading tc_shaper into the kernel: {}",
+            sys::chain(&e)
+        ))
+    })?;
+    Ok(ebpf)
+}
+
 impl ShaperState {
+    /// The loaded `tc_shaper`, loading it now if need be.
+    fn ebpf(&mut self) -> Result<&mut Ebpf, ApiError> {
+        if self.ebpf.is_none() {
+            self.ebpf = Some(load_tc_shaper(&self.pin_dir)?);
+        }
+        Ok(self.ebpf.as_mut().expect("loaded just above"))
+    }
+
     fn program(&mut self) -> Result<&mut SchedClassifier, ApiError> {
-        self.ebpf
+        self.ebpf()?
             .program_mut("tc_shaper")
             .ok_or_else(|| ApiError::new(ErrorKind::Internal, "tc_shaper has no program"))?
             .try_into()
@@ -409,7 +448,7 @@ impl ShaperState {
         })?;
         let classid = (u32::from(MAJOR) << 16) | u32::from(CLASS_MINOR);
         let mut classes: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
-            self.ebpf
+            self.ebpf()?
                 .map_mut(ebpf_shared::shaper::SHAPER_CLASS)
                 .ok_or_else(|| ApiError::new(ErrorKind::Internal, "tc_shaper has no class map"))?,
         )
@@ -461,13 +500,12 @@ impl ShaperState {
         }
         let _ = std::fs::remove_file(&pin);
         if let Ok(ifindex) = nix::net::if_::if_nametoindex(interface) {
-            if let Ok(mut classes) = BpfHashMap::<_, u32, u32>::try_from(
-                self.ebpf
-                    .map_mut(ebpf_shared::shaper::SHAPER_CLASS)
-                    .ok_or_else(|| {
-                        ApiError::new(ErrorKind::Internal, "tc_shaper has no class map")
-                    })?,
-            ) {
+            if let Some(map) = self
+                .ebpf
+                .as_mut()
+                .and_then(|e| e.map_mut(ebpf_shared::shaper::SHAPER_CLASS))
+                && let Ok(mut classes) = BpfHashMap::<_, u32, u32>::try_from(map)
+            {
                 let _ = classes.remove(&ifindex);
             }
             remove_qdiscs(ifindex).map_err(|e| {
@@ -507,7 +545,8 @@ impl ShaperState {
     fn show(&self) -> Vec<ShaperStatus> {
         let stats: Option<PerCpuHashMap<_, u32, [u64; 2]>> = self
             .ebpf
-            .map(ebpf_shared::shaper::SHAPER_STATS)
+            .as_ref()
+            .and_then(|e| e.map(ebpf_shared::shaper::SHAPER_STATS))
             .and_then(|m| PerCpuHashMap::try_from(m).ok());
         self.settings
             .values()
@@ -630,19 +669,6 @@ impl Actor for ShaperActor {
         args: ShaperArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let pin_dir = args.pin_root.join(PIN_DIR);
-        std::fs::create_dir_all(&pin_dir)
-            .map_err(|e| format!("creating {}: {e}", pin_dir.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .load(crate::builtin::TC_SHAPER)
-            .map_err(|e| format!("loading tc_shaper: {}", sys::chain(&e)))?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut("tc_shaper")
-            .ok_or("tc_shaper has no program")?
-            .try_into()?;
-        program
-            .load()
-            .map_err(|e| format!("loading tc_shaper into the kernel: {}", sys::chain(&e)))?;
         let state_file = args.state_dir.join("shaper.json");
         let settings: Vec<ShaperSetting> = match std::fs::read(&state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -652,7 +678,7 @@ impl Actor for ShaperActor {
             Err(_) => args.configured.clone(),
         };
         let mut state = ShaperState {
-            ebpf,
+            ebpf: None,
             pin_dir,
             state_file,
             settings: settings
