@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use ebpf_shared::{
-    Counter, FW_PORT_CLASSES, FieldMatch, FirewallConfig, LATENCY_BUCKETS, MISC_SLOTS, OUTCOMES,
-    Outcome, PortKey, RuleSetHeader, field, maps, proto, tables,
+    Counter, FW_PORT_CLASSES, FastPath, FieldMatch, FirewallConfig, LATENCY_BUCKETS, MISC_SLOTS,
+    OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps, proto, tables,
 };
 
 use crate::api::{FirewallRule, PacketCounters, RuleAction};
@@ -174,7 +174,30 @@ pub fn install(ebpf: &mut Ebpf, compiled: &CompiledRules) -> Result<u32, Firewal
     config
         .set(0, switched, 0)
         .map_err(map_err(maps::FW_CONFIG))?;
+    // The fast path answers only for this epoch, and learns it only now, after the switch:
+    // every verdict it gives was taken under the rule set packets use.
+    let mut fast = fast_path(ebpf)?;
+    let mut state = fast.get(&0, 0).map_err(map_err(maps::FW_FAST_PATH))?;
+    state.epoch = if state.enabled != 0 { epoch } else { 0 };
+    fast.set(0, state, 0).map_err(map_err(maps::FW_FAST_PATH))?;
     Ok(target)
+}
+
+fn fast_path(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, FastPath>, FirewallError> {
+    Array::try_from(map_mut(ebpf, maps::FW_FAST_PATH)?).map_err(map_err(maps::FW_FAST_PATH))
+}
+
+/// Lets the fast path answer (from the next install on) or not: call it once after loading,
+/// with `false` when the program accounts flows or does not cache verdicts (the fast path
+/// does neither), before the first [`install`].
+pub fn enable_fast_path(ebpf: &mut Ebpf, enabled: bool) -> Result<(), FirewallError> {
+    let state = FastPath {
+        epoch: 0,
+        enabled: u32::from(enabled),
+    };
+    fast_path(ebpf)?
+        .set(0, state, 0)
+        .map_err(map_err(maps::FW_FAST_PATH))
 }
 
 fn read_array<T: aya::Pod>(ebpf: &Ebpf, name: &'static str) -> Result<T, FirewallError> {

@@ -1439,7 +1439,12 @@ impl LoaderState {
             crate::routes::install(&mut ebpf, &compiled)?;
         }
         let default_mode = if enforces_rules {
-            firewall::install(&mut ebpf, &self.compiled).map_err(|e| {
+            firewall::enable_fast_path(
+                &mut ebpf,
+                !self.firewall.flows && self.firewall.verdict_cache,
+            )
+            .and_then(|()| firewall::install(&mut ebpf, &self.compiled))
+            .map_err(|e| {
                 ApiError::new(
                     ErrorKind::Internal,
                     format!("installing the firewall rules: {e}"),

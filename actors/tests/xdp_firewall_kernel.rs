@@ -122,6 +122,7 @@ fn load_firewall_with(flows: Option<u32>, verdict_cache: bool) -> Fw {
         .try_into()
         .unwrap();
     program.load().expect("the verifier accepts xdp_firewall");
+    actors::firewall::enable_fast_path(&mut ebpf, flows.is_none() && verdict_cache).unwrap();
     Fw { ebpf, pins }
 }
 
@@ -463,6 +464,36 @@ fn ipv4_options_are_skipped_to_find_the_ports() {
         "TCP/22 behind IP options"
     );
     assert_eq!(counters(&fw).dropped_by_reason["rule"], 1);
+}
+
+/// The fast path (a cached verdict for an untagged IPv4 TCP or UDP packet) answers only a
+/// packet the full path would parse to the same fields, and counts what it answers.
+#[test]
+fn the_fast_path_answers_only_packets_with_the_cached_fields() {
+    let fw = firewall(
+        &[rule(RuleAction::Drop, None, Some(Protocol::Udp), Some(9))],
+        RuleAction::Allow,
+    );
+    let tcp = v4_tcp(ALLOWED_V4, 9);
+    assert_eq!(verdict(&fw, &tcp), XDP_PASS, "decided from the tables");
+    assert_eq!(verdict(&fw, &tcp), XDP_PASS, "answered from the cache");
+    // The same addresses and ports over UDP: another protocol, another verdict.
+    assert_eq!(verdict(&fw, &v4_udp(ALLOWED_V4, 9, 4)), XDP_DROP);
+    // The cached TCP packet, made malformed: a total length shorter than its header, or a TCP
+    // header cut short. Neither may be answered with the verdict of the intact one.
+    let mut short_total = tcp.clone();
+    short_total[16..18].copy_from_slice(&19u16.to_be_bytes());
+    assert_eq!(verdict(&fw, &short_total), XDP_DROP, "total length 19");
+    assert_eq!(
+        verdict(&fw, &tcp[..14 + 20 + 19]),
+        XDP_DROP,
+        "TCP header cut"
+    );
+    let c = counters(&fw);
+    assert_eq!(c.passed_packets, 2);
+    assert_eq!(c.passed_bytes, 2 * tcp.len() as u64);
+    assert_eq!(c.dropped_by_reason["rule"], 1);
+    assert_eq!(c.dropped_by_reason["malformed"], 2);
 }
 
 #[test]

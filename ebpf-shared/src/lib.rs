@@ -26,6 +26,8 @@ pub mod maps {
     pub const FW_FLOW_STATS: &str = "FW_FLOW_STATS";
     /// `PerCpuArray<u64>`, `LATENCY_BUCKETS` entries: packets by log2 of processing ns.
     pub const FW_LATENCY: &str = "FW_LATENCY";
+    /// The program's `.bss`, which holds one `FastPath` (`FW_FAST_PATH`).
+    pub const FW_FAST_PATH: &str = ".bss";
 
     /// The rule maps of each generation; index with the constants below.
     pub const RULE_MAPS: [[&str; RULE_MAP_COUNT]; 2] = [
@@ -483,6 +485,18 @@ pub struct FirewallConfig {
     pub epoch: u32,
 }
 
+/// `xdp_firewall`'s fast path (`FW_FAST_PATH`, the program's `.bss`, not pinned): it answers
+/// a packet whose verdict this CPU has cached under `epoch`, and nothing when `epoch` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastPath {
+    /// Written by user space after every switch of `FW_CONFIG`: its `epoch`, when `enabled`.
+    pub epoch: u32,
+    /// Whether the fast path may answer at all: not when flows are accounted (it counts no
+    /// flows) or verdicts are not cached. Set once after load; the kernel does not read it.
+    pub enabled: u32,
+}
+
 /// Slots of each CPU's verdict cache in `xdp_firewall` (a power of two).
 pub const VERDICT_CACHE_SLOTS: u32 = 4096;
 
@@ -570,6 +584,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and have no implicit
     // padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::FirewallConfig {}
+    unsafe impl aya::Pod for super::FastPath {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::FieldMatch {}
     unsafe impl aya::Pod for super::RuleSetHeader {}
