@@ -201,10 +201,13 @@ async fn past_its_restart_intensity_the_supervisor_gives_up_and_reports_it() {
         .expect("the given-up interface is reported");
     assert!(why.contains("gave up"), "{why}");
     assert_eq!(r.attachments, 0);
-    assert!(
-        !kernel_linked_programs().contains(&kernel_id),
-        "its link is gone"
-    );
+    // The kernel frees a link from a workqueue once its last reference is dropped, so it may
+    // be listed a moment after the detach.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kernel_linked_programs().contains(&kernel_id) {
+        assert!(Instant::now() < deadline, "its link is gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         interfaces.get_status() == ractor::ActorStatus::Running,
         "the supervisor itself lives on"
