@@ -7,7 +7,8 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use ebpf_shared::{
     Counter, FW_PORT_CLASSES, FastPath, FieldMatch, FirewallConfig, LATENCY_BUCKETS, MISC_SLOTS,
-    OUTCOMES, Outcome, PortKey, RuleSetHeader, field, maps, proto, tables,
+    OUTCOMES, Outcome, PortKey, RuleSetHeader, VERDICT_BLOCKS, VerdictBlock, field, maps, proto,
+    tables,
 };
 
 use crate::api::{FirewallRule, PacketCounters, RuleAction};
@@ -336,6 +337,24 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Option<PacketCounters>, FirewallErro
         {
             total.packets += cpu.packets;
             total.bytes += cpu.bytes;
+        }
+    }
+    // The packets the fast path answered are counted in the verdict blocks it found them in.
+    let map = ebpf
+        .map(maps::FW_VERDICTS4)
+        .ok_or(FirewallError::MissingMap(maps::FW_VERDICTS4))?;
+    let blocks: PerCpuArray<&MapData, VerdictBlock> =
+        PerCpuArray::try_from(map).map_err(map_err(maps::FW_VERDICTS4))?;
+    for b in 0..VERDICT_BLOCKS {
+        for cpu in blocks
+            .get(&b, 0)
+            .map_err(map_err(maps::FW_VERDICTS4))?
+            .iter()
+        {
+            for (total, c) in by_outcome.iter_mut().zip(&cpu.counters) {
+                total.packets += c.packets;
+                total.bytes += c.bytes;
+            }
         }
     }
     Ok(Some(counters_from(&by_outcome)))

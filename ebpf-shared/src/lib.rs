@@ -26,6 +26,9 @@ pub mod maps {
     pub const FW_FLOW_STATS: &str = "FW_FLOW_STATS";
     /// `PerCpuArray<u64>`, `LATENCY_BUCKETS` entries: packets by log2 of processing ns.
     pub const FW_LATENCY: &str = "FW_LATENCY";
+    /// `PerCpuArray<VerdictBlock>`, `VERDICT_BLOCKS` entries: each CPU's IPv4 verdict cache,
+    /// with the counts of the packets the fast path answered (the rest of `FW_STATS`).
+    pub const FW_VERDICTS4: &str = "FW_VERDICTS4";
     /// The program's `.bss`, which holds one `FastPath` (`FW_FAST_PATH`).
     pub const FW_FAST_PATH: &str = ".bss";
 
@@ -497,8 +500,45 @@ pub struct FastPath {
     pub enabled: u32,
 }
 
-/// Slots of each CPU's verdict cache in `xdp_firewall` (a power of two).
+/// Slots of each CPU's verdict cache in `xdp_firewall`, per IP family (a power of two).
 pub const VERDICT_CACHE_SLOTS: u32 = 4096;
+/// Slots of one `VerdictBlock`: a per-CPU value holds 32 KiB at most.
+pub const VERDICT_BLOCK_SLOTS: u32 = 1024;
+/// Entries of `FW_VERDICTS4`.
+pub const VERDICT_BLOCKS: u32 = VERDICT_CACHE_SLOTS / VERDICT_BLOCK_SLOTS;
+/// Counters in a `VerdictBlock`: `OUTCOMES` rounded up to a power of two, so that the kernel
+/// indexes them with a mask rather than a bounds check.
+pub const VERDICT_BLOCK_COUNTERS: usize = 8;
+
+/// The fields of an IPv4 packet rules can look at, as the verdict cache keys them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictKeyV4 {
+    /// `src | dst << 32`, the raw network-order words.
+    pub addresses: u64,
+    /// `source_port << 16 | dest_port | (protocol | has_ports << 8) << 32`.
+    pub rest: u64,
+}
+
+/// One cached IPv4 verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictEntryV4 {
+    pub key: VerdictKeyV4,
+    /// The rule set's epoch when the verdict was taken; 0: empty.
+    pub epoch: u32,
+    /// `Outcome` as u32.
+    pub outcome: u32,
+}
+
+/// A quarter of a CPU's IPv4 verdict cache and the counts, by `Outcome`, of the packets the
+/// fast path answered from it: one map lookup finds both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictBlock {
+    pub counters: [Counter; VERDICT_BLOCK_COUNTERS],
+    pub verdicts: [VerdictEntryV4; VERDICT_BLOCK_SLOTS as usize],
+}
 
 /// The settings of one rule generation.
 #[repr(C)]
@@ -585,6 +625,7 @@ mod pod {
     // padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::FirewallConfig {}
     unsafe impl aya::Pod for super::FastPath {}
+    unsafe impl aya::Pod for super::VerdictBlock {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::FieldMatch {}
     unsafe impl aya::Pod for super::RuleSetHeader {}

@@ -35,7 +35,9 @@ mod program {
         FW_EXACT_MAX_ENTRIES, FW_PORT_CLASSES, FastPath, FieldMatch, FirewallConfig,
         FlowCacheEntry, FlowKey, FlowKeyV4, FlowTableStats, FlowValue, LATENCY_BUCKETS,
         LATENCY_SAMPLE_EVERY, MISC_MAX_ENTRIES, MISC_SLOTS, NO_RULE, OUTCOMES, Outcome, PORTS,
-        RULE_WORDS, RuleSetHeader, VERDICT_CACHE_SLOTS, action, field, proto, tables,
+        RULE_WORDS, RuleSetHeader, VERDICT_BLOCK_COUNTERS, VERDICT_BLOCK_SLOTS, VERDICT_BLOCKS,
+        VERDICT_CACHE_SLOTS, VerdictBlock, VerdictEntryV4, VerdictKeyV4, action, field, proto,
+        tables,
     };
 
     // Every map is pinned by name under the program's pin directory, so that a daemon that
@@ -65,12 +67,16 @@ mod program {
     #[map]
     static FW_LATENCY: PerCpuArray<u64> = PerCpuArray::pinned(LATENCY_BUCKETS, 0);
 
-    /// Each CPU's verdict cache: the outcome of the rules for a packet's matched fields,
-    /// tagged with the epoch of the rule set that gave it (`FirewallConfig::epoch`). Not
-    /// pinned: a new program starts with an empty one.
+    // Each CPU's verdict caches: the outcome of the rules for a packet's matched fields,
+    // tagged with the epoch of the rule set that gave it (`FirewallConfig::epoch`), so a
+    // verdict counts only under the rule set it was taken with.
+
+    /// IPv4, in blocks that also count the packets the fast path answers from them
+    /// (`VerdictBlock`): one lookup finds the verdict and its counter. Pinned, for those
+    /// counts.
     #[map]
-    static FW_VERDICTS4: PerCpuArray<VerdictEntry<VerdictKeyV4>> =
-        PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+    static FW_VERDICTS4: PerCpuArray<VerdictBlock> = PerCpuArray::pinned(VERDICT_BLOCKS, 0);
+    /// IPv6. Not pinned: a new program starts with an empty one.
     #[map]
     static FW_VERDICTS6: PerCpuArray<VerdictEntry<VerdictKeyV6>> =
         PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
@@ -382,7 +388,8 @@ mod program {
     /// Measured, this is where the cost was: the full path carries every field of the packet
     /// for the tables and the flows, more values than BPF has registers to keep across a map
     /// lookup, so they went to the stack and back. This path reads the packet straight into
-    /// the two words of the verdict key and keeps four values in all.
+    /// the two words of the verdict key, keeps four values in all, and finds the verdict and
+    /// the counter it adds the packet to with one lookup (`VerdictBlock`).
     #[inline(always)]
     fn fast_path(ctx: &XdpContext) -> Option<u32> {
         // SAFETY: a plain read of a global that user space writes whole.
@@ -418,17 +425,16 @@ mod program {
         };
         let addresses: u64 = raw(h + 12);
         let key = VerdictKeyV4 { addresses, rest };
-        let e = FW_VERDICTS4.get(key.slot())?;
+        let (block, slot) = block_v4(&key)?;
+        let e = block.verdicts.get(slot)?;
         if ((e.key.addresses ^ addresses) | (e.key.rest ^ rest)) != 0 || e.epoch != epoch {
             return None;
         }
         let outcome = e.outcome;
-        if let Some(c) = FW_STATS.get_ptr_mut(outcome) {
-            // SAFETY: a per-CPU slot, only this CPU writes it while the program runs.
-            let c = unsafe { &mut *c };
-            c.packets += 1;
-            c.bytes += (ctx.data_end() - ctx.data()) as u64;
-        }
+        // Counted in the block (user space adds these to `FW_STATS`): no second lookup.
+        let c = &mut block.counters[outcome as usize & (VERDICT_BLOCK_COUNTERS - 1)];
+        c.packets += 1;
+        c.bytes += (ctx.data_end() - ctx.data()) as u64;
         Some(if outcome == Outcome::Passed as u32 {
             xdp_action::XDP_PASS
         } else {
@@ -678,18 +684,8 @@ mod program {
         }
     }
 
-    /// Everything of a packet the rules can look at (IPv4): addresses, ports, protocol,
-    /// and whether it has ports at all (a non-first fragment has none).
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct VerdictKeyV4 {
-        /// `src | dst << 32`.
-        addresses: u64,
-        /// `ports | protocol_ports << 32` (see `ports_of`).
-        rest: u64,
-    }
-
-    /// The same for IPv6.
+    /// Everything of an IPv6 packet the rules can look at: addresses, ports, protocol, and
+    /// whether it has ports at all (a non-first fragment has none). IPv4's is `VerdictKeyV4`.
     #[repr(C)]
     #[derive(Clone, Copy)]
     struct VerdictKeyV6 {
@@ -734,8 +730,9 @@ mod program {
     impl VerdictKey for VerdictKeyV4 {
         #[inline(always)]
         fn slot(&self) -> u32 {
-            // Fibonacci hashing of the folded words, in 64 bits (one multiply).
-            ((self.addresses ^ self.rest.rotate_left(16)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            // Fibonacci hashing of the folded words, in 64 bits (one multiply). The top 16
+            // bits of `rest` are 0, so the shift loses nothing.
+            ((self.addresses ^ self.rest << 16).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 >> (64 - VERDICT_CACHE_SLOTS.trailing_zeros())) as u32
         }
 
@@ -811,19 +808,39 @@ mod program {
     // inlined they made the compiler keep the packet in memory along the tables' path too,
     // which cost a packet that misses the cache (or runs with it off) about as much.
 
+    /// This CPU's block of `FW_VERDICTS4` for `key`, and the key's slot in it.
+    #[inline(always)]
+    fn block_v4(key: &VerdictKeyV4) -> Option<(&'static mut VerdictBlock, usize)> {
+        let slot = key.slot();
+        let block = FW_VERDICTS4.get_ptr_mut(slot / VERDICT_BLOCK_SLOTS)?;
+        // SAFETY: this CPU's block; only this CPU touches it while the program runs.
+        Some((
+            unsafe { &mut *block },
+            (slot % VERDICT_BLOCK_SLOTS) as usize,
+        ))
+    }
+
     #[inline(always)]
     fn cached_v4(addresses: u64, rest: u64, epoch: u32) -> u32 {
-        cached(&FW_VERDICTS4, &VerdictKeyV4 { addresses, rest }, epoch)
+        let key = VerdictKeyV4 { addresses, rest };
+        match block_v4(&key).and_then(|(b, slot)| b.verdicts.get(slot)) {
+            Some(e) if e.epoch == epoch && e.key.same(&key) => e.outcome,
+            _ => MISS,
+        }
     }
 
     #[inline(never)]
     fn remember_v4(addresses: u64, rest: u64, epoch: u32, outcome: u32) {
-        remember(
-            &FW_VERDICTS4,
-            &VerdictKeyV4 { addresses, rest },
-            epoch,
-            outcome,
-        )
+        let key = VerdictKeyV4 { addresses, rest };
+        if let Some((b, slot)) = block_v4(&key)
+            && let Some(e) = b.verdicts.get_mut(slot)
+        {
+            *e = VerdictEntryV4 {
+                key,
+                epoch,
+                outcome,
+            };
+        }
     }
 
     #[inline(never)]
