@@ -163,9 +163,10 @@ fn ratespec(bytes_per_second: u64) -> [u8; 12] {
     r
 }
 
-/// The root qdisc of `ifindex`: (handle, kind).
-fn root_qdisc(ifindex: u32) -> std::io::Result<Option<(TcHandle, String)>> {
-    let get = tc_message(ifindex, TcHandle::UNSPEC, TcHandle::ROOT);
+/// The qdisc under `parent` on `ifindex`, as the kernel describes it; `None` when there is
+/// none.
+fn get_qdisc(ifindex: u32, parent: TcHandle) -> std::io::Result<Option<TcMessage>> {
+    let get = tc_message(ifindex, TcHandle::UNSPEC, parent);
     for m in exchange(
         RouteNetlinkMessage::GetQueueDiscipline(get),
         // ECHO: this kernel answers a GET only to listeners, or with ECHO set. ACK: it sends
@@ -174,68 +175,53 @@ fn root_qdisc(ifindex: u32) -> std::io::Result<Option<(TcHandle, String)>> {
     )? {
         if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q)) = m.payload
         {
-            let kind = q.attributes.iter().find_map(|a| match a {
-                TcAttribute::Kind(k) => Some(k.clone()),
-                _ => None,
-            });
-            return Ok(Some((q.header.handle, kind.unwrap_or_default())));
+            return Ok(Some(q));
         }
     }
     Ok(None)
 }
 
+fn is_kind(q: &TcMessage, kind: &str) -> bool {
+    q.attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == kind))
+}
+
+/// Whether the root qdisc of `ifindex` is our HTB (another one is left alone).
+fn ours_at_root(ifindex: u32) -> std::io::Result<bool> {
+    Ok(get_qdisc(ifindex, TcHandle::ROOT)?
+        .is_some_and(|q| q.header.handle == handle(MAJOR, 0) && is_kind(&q, "htb")))
+}
+
 /// Counters of the class's queue: (packets, bytes, drops, backlog bytes).
 fn leaf_stats(ifindex: u32) -> std::io::Result<(u64, u64, u64, u64)> {
-    let get = tc_message(ifindex, TcHandle::UNSPEC, handle(MAJOR, CLASS_MINOR));
-    for m in exchange(
-        RouteNetlinkMessage::GetQueueDiscipline(get),
-        // ECHO: this kernel answers a GET only to listeners, or with ECHO set. ACK: it sends
-        // nothing else for a built-in qdisc (noqueue).
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
-    )? {
-        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q)) = m.payload
-        {
-            for a in q.attributes {
-                if let TcAttribute::Stats(s) = a {
-                    return Ok((
-                        u64::from(s.packets),
-                        s.bytes,
-                        u64::from(s.drops),
-                        u64::from(s.backlog),
-                    ));
-                }
-            }
-        }
-    }
-    Ok((0, 0, 0, 0))
+    let stats = get_qdisc(ifindex, handle(MAJOR, CLASS_MINOR))?.and_then(|q| {
+        q.attributes.into_iter().find_map(|a| match a {
+            TcAttribute::Stats(s) => Some((
+                u64::from(s.packets),
+                s.bytes,
+                u64::from(s.drops),
+                u64::from(s.backlog),
+            )),
+            _ => None,
+        })
+    });
+    Ok(stats.unwrap_or((0, 0, 0, 0)))
 }
 
 /// Whether our root HTB and its TBF are both on `ifindex`.
 fn qdiscs_present(ifindex: u32) -> std::io::Result<bool> {
-    if !root_qdisc(ifindex)?.is_some_and(|(h, kind)| h == handle(MAJOR, 0) && kind == "htb") {
+    if !ours_at_root(ifindex)? {
         return Ok(false);
     }
-    let get = tc_message(ifindex, TcHandle::UNSPEC, handle(MAJOR, CLASS_MINOR));
-    for m in exchange(
-        RouteNetlinkMessage::GetQueueDiscipline(get),
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO,
-    )? {
-        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(q)) = m.payload
-        {
-            return Ok(q.header.handle == handle(LEAF_MAJOR, 0)
-                && q.attributes
-                    .iter()
-                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "tbf")));
-        }
-    }
-    Ok(false)
+    Ok(get_qdisc(ifindex, handle(MAJOR, CLASS_MINOR))?
+        .is_some_and(|q| q.header.handle == handle(LEAF_MAJOR, 0) && is_kind(&q, "tbf")))
 }
 
 /// Makes the qdiscs and class of `setting` on `ifindex`, or changes them in place when they
 /// are there already (so a change of rate loses no queued packet).
 fn install_qdiscs(ifindex: u32, setting: &ShaperSetting) -> std::io::Result<()> {
-    let ours = root_qdisc(ifindex)?.is_some_and(|(h, kind)| h == handle(MAJOR, 0) && kind == "htb");
-    if !ours {
+    if !ours_at_root(ifindex)? {
         // struct tc_htb_glob: version 3, rate2quantum 10, default class 0 (unclassified
         // packets go out directly, unshaped), debug 0, direct_pkts 0.
         let mut glob = Vec::with_capacity(20);
@@ -316,10 +302,7 @@ fn install_qdiscs(ifindex: u32, setting: &ShaperSetting) -> std::io::Result<()> 
 /// Removes our root qdisc from `ifindex` (the kernel puts the default one back). Another
 /// root qdisc is left alone.
 fn remove_qdiscs(ifindex: u32) -> std::io::Result<()> {
-    if let Some((h, kind)) = root_qdisc(ifindex)?
-        && h == handle(MAJOR, 0)
-        && kind == "htb"
-    {
+    if ours_at_root(ifindex)? {
         let q = tc_message(ifindex, handle(MAJOR, 0), TcHandle::ROOT);
         exchange(
             RouteNetlinkMessage::DelQueueDiscipline(q),
