@@ -719,6 +719,12 @@ impl LoaderState {
         Ok(crate::routes::status(&self.routes, &per_router))
     }
 
+    fn hook_index(&self, program_id: &str, target: &HookTarget) -> Option<usize> {
+        self.hooks
+            .iter()
+            .position(|h| h.hook.program_id == program_id && &h.hook.target == target)
+    }
+
     fn hook_dir(&self, program_id: &str) -> PathBuf {
         self.pin_root.join(program_id).join("hooks")
     }
@@ -745,13 +751,10 @@ impl LoaderState {
     ) -> Result<Hook, ApiError> {
         let unknown = self.unknown_program(program_id);
         let hook_dir = self.hook_dir(program_id);
+        let existing = self.hook_index(program_id, target);
         let loaded = self.programs.get_mut(program_id).ok_or(unknown)?;
         // Attached already: only the options change (the link stays).
-        if let Some(i) = self
-            .hooks
-            .iter()
-            .position(|h| h.hook.program_id == program_id && &h.hook.target == target)
-        {
+        if let Some(i) = existing {
             self.hooks.remove(i);
         }
         let held = hooks::attach(
@@ -770,11 +773,7 @@ impl LoaderState {
     }
 
     fn detach_hook(&mut self, program_id: &str, target: &HookTarget) -> Result<Hook, ApiError> {
-        let Some(i) = self
-            .hooks
-            .iter()
-            .position(|h| h.hook.program_id == program_id && &h.hook.target == target)
-        else {
+        let Some(i) = self.hook_index(program_id, target) else {
             let here: Vec<String> = self
                 .hooks
                 .iter()
