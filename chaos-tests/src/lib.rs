@@ -625,6 +625,30 @@ impl Daemon {
             .expect("run x0tta6bl4-ebpf")
     }
 
+    /// `shaper set INTERFACE --rate RATE --latency LATENCY`; returns `shaper show`'s answer.
+    pub fn shaper_set(&self, interface: &str, rate: &str, latency: &str) -> serde_json::Value {
+        self.cli_json(&[
+            "shaper",
+            "set",
+            interface,
+            "--rate",
+            rate,
+            "--latency",
+            latency,
+        ])
+    }
+
+    /// Runs the real CLI, which must fail with `expected` in what it prints; returns that.
+    pub fn cli_fails(&self, args: &[&str], expected: &str) -> String {
+        let out = self.cli(args);
+        let err = stderr(&out);
+        assert!(
+            !out.status.success() && err.contains(expected),
+            "x0tta6bl4-ebpf {args:?} should fail saying {expected:?}; it said: {err}"
+        );
+        err
+    }
+
     /// Waits (up to 10 s) until some program is attached, e.g. by the startup plan; returns
     /// `programs --json`.
     pub fn wait_attached(&self) -> serde_json::Value {
@@ -798,6 +822,11 @@ pub fn attach_foreign_xdp(ns: &NetNs, interface: &str, object: &[u8]) -> u64 {
 }
 
 /// Whether the kernel still has a program with this id (`bpftool prog show`).
+/// What a command wrote to stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn kernel_has_program(id: u64) -> bool {
     bpftool_ids(&["prog", "show"], "id").contains(&id)
 }

@@ -2,12 +2,8 @@
 //! programs_dir and attached, exported with labels decoded from its keys; listed, refused
 //! with reasons, kept across a restart, removed.
 
-use chaos_tests::{Daemon, TwoHosts};
+use chaos_tests::{Daemon, TwoHosts, stderr};
 use serde_json::Value;
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[test]
 fn a_map_of_a_user_program_is_a_metric_with_labels_from_its_keys() {

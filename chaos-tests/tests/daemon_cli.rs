@@ -5,7 +5,7 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, TwoHosts, kernel_has_program, kernel_linked_programs};
+use chaos_tests::{Daemon, TwoHosts, kernel_has_program, kernel_linked_programs, stderr};
 use serde_json::Value;
 
 /// Config that denies `b`'s second address and loads nothing at start.
@@ -14,10 +14,6 @@ fn deny_config(hosts: &TwoHosts) -> String {
         "interface = \"{}\"\nauto_load_programs = false\nenable_dynamic_fallback = false\n[programs.xdp_firewall]\nrules = [{{ action = \"drop\", source_ip = \"{}\" }}]\n",
         hosts.if_a, hosts.ips_b[1]
     )
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Polls `stats --json` until the program has seen `processed` packets (XDP on veth runs in

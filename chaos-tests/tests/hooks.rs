@@ -81,10 +81,6 @@ fn counter(hooks: &Value, program_id: &str, suffix: &str) -> Option<Value> {
     })
 }
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn cgroup_counter_counts_a_cgroups_packets_both_ways_and_denies_them() {
     let hosts = TwoHosts::new();
@@ -163,24 +159,12 @@ fn cgroup_counter_counts_a_cgroups_packets_both_ways_and_denies_them() {
     assert_eq!(daemon.cli_json(&["hooks"]), serde_json::json!([]));
 
     // Mistakes are named.
-    let out = daemon.cli(&["attach", &id, "--cgroup", "/sys/fs/cgroup/unified/nosuch"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("cgroup v2 directory"),
-        "{}",
-        stderr(&out)
+    daemon.cli_fails(
+        &["attach", &id, "--cgroup", "/sys/fs/cgroup/unified/nosuch"],
+        "cgroup v2 directory",
     );
-    let out = daemon.cli(&["attach", &id, &hosts.if_a]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("--cgroup"),
-        "{}",
-        stderr(&out)
-    );
-    let out = daemon.cli(&["attach", &id, "--cgroup", "/tmp"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("cgroup v2"),
-        "{}",
-        stderr(&out)
-    );
+    daemon.cli_fails(&["attach", &id, &hosts.if_a], "--cgroup");
+    daemon.cli_fails(&["attach", &id, "--cgroup", "/tmp"], "cgroup v2");
 }
 
 #[test]
@@ -212,17 +196,10 @@ fn socket_counter_counts_what_its_socket_sees_and_passes_samples_up() {
     assert_eq!(samples, expected, "one in two sampled: {hooks}");
     assert!(hooks[0]["sample_bytes"].as_u64().unwrap() >= 5 * 142);
 
-    let out = daemon.cli(&["attach", &id, "nosuch0"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("nosuch0"),
-        "{}",
-        stderr(&out)
-    );
-    let out = daemon.cli(&["attach", &id, "--cgroup", "/sys/fs/cgroup/unified"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("interface"),
-        "{}",
-        stderr(&out)
+    daemon.cli_fails(&["attach", &id, "nosuch0"], "nosuch0");
+    daemon.cli_fails(
+        &["attach", &id, "--cgroup", "/sys/fs/cgroup/unified"],
+        "interface",
     );
     daemon.cli_json(&["detach", &id, &hosts.if_a]);
     assert_eq!(daemon.cli_json(&["hooks"]), serde_json::json!([]));
@@ -284,17 +261,10 @@ fn user_objects_of_cgroup_skb_tc_and_tracepoint_types_load_and_attach() {
     assert_eq!(tp["program_type"], "tracepoint", "{tp}");
     let tp_id = tp["id"].as_str().unwrap().to_string();
     let tp_kernel_id = tp["kernel_id"].as_u64().unwrap();
-    let out = daemon.cli(&["attach", &tp_id, "--tracepoint", "sock"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("CATEGORY/NAME"),
-        "{}",
-        stderr(&out)
-    );
-    let out = daemon.cli(&["attach", &tp_id, "--tracepoint", "sock/no_such_event"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("no_such_event"),
-        "{}",
-        stderr(&out)
+    daemon.cli_fails(&["attach", &tp_id, "--tracepoint", "sock"], "CATEGORY/NAME");
+    daemon.cli_fails(
+        &["attach", &tp_id, "--tracepoint", "sock/no_such_event"],
+        "no_such_event",
     );
     daemon.cli_json(&["attach", &tp_id, "--tracepoint", "sock/inet_sock_set_state"]);
     let links = Command::new("bpftool")
@@ -314,12 +284,7 @@ fn user_objects_of_cgroup_skb_tc_and_tracepoint_types_load_and_attach() {
     daemon.cli_json(&["unload", &tp_id]);
 
     // An XDP flag on a TC program is refused.
-    let out = daemon.cli(&["attach", &tc_id, &hosts.if_a, "--mode", "skb"]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("XDP"),
-        "{}",
-        stderr(&out)
-    );
+    daemon.cli_fails(&["attach", &tc_id, &hosts.if_a, "--mode", "skb"], "XDP");
     // Unloading takes the hooks with it.
     daemon.cli_json(&["unload", &tc_id]);
     daemon.cli_json(&["unload", &cg_id]);

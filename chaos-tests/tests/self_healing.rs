@@ -3,11 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chaos_tests::{Daemon, TwoHosts};
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use chaos_tests::{Daemon, TwoHosts, stderr};
 
 #[test]
 fn debug_changes_the_log_level_at_run_time_and_refuses_faults_by_default() {

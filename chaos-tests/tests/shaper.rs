@@ -23,15 +23,7 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     let (line_rate, _) = iperf3_with_ping(&hosts.a, to, 2);
 
     for mbit in [20.0, 100.0] {
-        let shown = daemon.cli_json(&[
-            "shaper",
-            "set",
-            &hosts.if_a,
-            "--rate",
-            &format!("{mbit}mbit"),
-            "--latency",
-            "50ms",
-        ]);
+        let shown = daemon.shaper_set(&hosts.if_a, &format!("{mbit}mbit"), "50ms");
         assert_eq!(shown[0]["state"], "active", "{shown}");
         assert!(root_qdisc(&hosts.a, &hosts.if_a).contains("htb 7830:"));
         let (rate, rtts) = iperf3_with_ping(&hosts.a, to, 5);
@@ -67,12 +59,8 @@ fn shaper_holds_iperf3_to_the_rate_with_the_delay_under_the_target() {
     assert!(s["sent_bytes"].as_u64().unwrap() > 10_000_000, "{s}");
 
     // Bad input: named, and nothing changes.
-    let out = daemon.cli(&["shaper", "set", "nosuch0", "--rate", "10mbit"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("nosuch0"), "{err}");
-    let out = daemon.cli(&["shaper", "set", &hosts.if_a, "--rate", "fast"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("500kbit"), "{err}");
+    daemon.cli_fails(&["shaper", "set", "nosuch0", "--rate", "10mbit"], "nosuch0");
+    daemon.cli_fails(&["shaper", "set", &hosts.if_a, "--rate", "fast"], "500kbit");
     let out = daemon.cli(&["shaper", "clear", "nosuch0"]);
     assert!(!out.status.success());
     assert_eq!(

@@ -37,15 +37,7 @@ fn shaper() -> anyhow::Result<Vec<ShaperRow>> {
     let _server = Iperf3Server::start(&hosts.b, to);
     let mut rows = Vec::new();
     for mbit in [20u64, 100] {
-        daemon.cli_json(&[
-            "shaper",
-            "set",
-            &hosts.if_a,
-            "--rate",
-            &format!("{mbit}mbit"),
-            "--latency",
-            "50ms",
-        ]);
+        daemon.shaper_set(&hosts.if_a, &format!("{mbit}mbit"), "50ms");
         let (mut rates, mut worst) = (Vec::new(), Vec::new());
         for _ in 0..SHAPER_RUNS {
             let (rate, rtts_ms) = iperf3_with_ping(&hosts.a, to, SHAPER_SECONDS);
