@@ -862,12 +862,20 @@ pub fn kernel_map_memlock_of(kernel_id: u64) -> Vec<(String, u64)> {
 
 /// Ids of the bpf_links that point at program `kernel_id`.
 pub fn kernel_links_of(kernel_id: u64) -> Vec<u64> {
+    kernel_link_details_of(kernel_id)
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+/// `bpftool link show`'s entries for the bpf_links that point at program `kernel_id`.
+pub fn kernel_link_details_of(kernel_id: u64) -> Vec<serde_json::Value> {
     bpftool_list(&["link", "show"])
         .as_array()
         .into_iter()
         .flatten()
         .filter(|l| l["prog_id"].as_u64() == Some(kernel_id))
-        .filter_map(|l| l["id"].as_u64())
+        .cloned()
         .collect()
 }
 

@@ -4,10 +4,9 @@
 //! and user objects of these types loaded from programs_dir (cgroup_skb, TC, tracepoint).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use chaos_tests::{Daemon, NetNs, TwoHosts};
+use chaos_tests::{Daemon, NetNs, TwoHosts, kernel_link_details_of, kernel_links_of};
 use serde_json::Value;
 
 /// A cgroup v2 directory made for the test, removed when the test ends (its processes have
@@ -232,19 +231,11 @@ fn user_objects_of_cgroup_skb_tc_and_tracepoint_types_load_and_attach() {
     let tc_id = tc["id"].as_str().unwrap().to_string();
     let kernel_id = tc["kernel_id"].as_u64().unwrap();
     daemon.cli_json(&["attach", &tc_id, &hosts.if_a, "--direction", "egress"]);
-    let links = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("bpftool");
-    let links: Value = serde_json::from_slice(&links.stdout).unwrap();
+    let links = kernel_link_details_of(kernel_id);
     // Debian's bpftool names the link type by number (11: BPF_LINK_TYPE_TCX).
     assert!(
-        links
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| (l["type"] == "tcx" || l["type"] == 11) && l["prog_id"] == kernel_id),
-        "no TCX link of program {kernel_id}: {links}"
+        links.iter().any(|l| l["type"] == "tcx" || l["type"] == 11),
+        "no TCX link of program {kernel_id}: {links:?}"
     );
     let hooks = daemon.cli_json(&["hooks"]);
     assert!(
@@ -267,18 +258,9 @@ fn user_objects_of_cgroup_skb_tc_and_tracepoint_types_load_and_attach() {
         "no_such_event",
     );
     daemon.cli_json(&["attach", &tp_id, "--tracepoint", "sock/inet_sock_set_state"]);
-    let links = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .unwrap();
-    let links: Value = serde_json::from_slice(&links.stdout).unwrap();
     assert!(
-        links
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["prog_id"] == tp_kernel_id),
-        "no link of the tracepoint program {tp_kernel_id}: {links}"
+        !kernel_links_of(tp_kernel_id).is_empty(),
+        "no link of the tracepoint program {tp_kernel_id}"
     );
     daemon.cli_json(&["detach", &tp_id, "--tracepoint", "sock/inet_sock_set_state"]);
     daemon.cli_json(&["unload", &tp_id]);
