@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::api::{
     ApiError, Direction, ErrorKind, Hook, HookCounter, HookStats, HookTarget, ProgramType,
 };
-use crate::sys;
+use crate::sys::{self, internal};
 
 /// `statfs` magic of cgroup2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -84,10 +84,6 @@ impl HeldHook {
 
 fn api(kind: ErrorKind, message: impl Into<String>) -> ApiError {
     ApiError::new(kind, message)
-}
-
-fn internal(what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
-    api(ErrorKind::Internal, format!("{what}: {}", sys::chain(e)))
 }
 
 /// Where a hook's link for `direction` is pinned.

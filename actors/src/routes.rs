@@ -11,7 +11,7 @@ use ebpf_shared::routes::{LOCAL, NextHop, ROUTE_NEXT, ROUTE_STATS, ROUTES, ROUTE
 use ipnet::Ipv4Net;
 
 use crate::api::{ApiError, ErrorKind, Route, RouteStatus};
-use crate::sys;
+use crate::sys::{self, internal};
 
 /// A route ready for the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +79,7 @@ pub fn compile(routes: &[Route]) -> Result<Vec<Compiled>, ApiError> {
             if !seen.insert(net) {
                 return Err(bad(format!("{net} is given twice")));
             }
-            let ifindex = nix::net::if_::if_nametoindex(r.interface.as_str())
-                .map_err(|_| bad(sys::unknown_interface_message(&r.interface)))?;
+            let ifindex = sys::interface_index(&r.interface).map_err(|e| bad(e.message))?;
             let dst_mac = parse_mac(&r.next_hop_mac).ok_or_else(|| {
                 bad(format!(
                     "next_hop_mac {:?} is not a MAC address: write aa:bb:cc:dd:ee:ff",
@@ -100,10 +99,6 @@ pub fn compile(routes: &[Route]) -> Result<Vec<Compiled>, ApiError> {
             })
         })
         .collect()
-}
-
-fn internal(what: &str, e: &(dyn std::error::Error + 'static)) -> ApiError {
-    ApiError::new(ErrorKind::Internal, format!("{what}: {}", sys::chain(e)))
 }
 
 /// Puts `routes` into one router's maps: next hops first, then prefixes (new and changed),

@@ -36,6 +36,14 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// An internal error: `what` failed, with the whole chain of `err`.
+pub fn internal(what: &str, err: &(dyn std::error::Error + 'static)) -> crate::api::ApiError {
+    crate::api::ApiError::new(
+        crate::api::ErrorKind::Internal,
+        format!("{what}: {}", chain(err)),
+    )
+}
+
 /// Names of the network interfaces of this network namespace, sorted.
 pub fn interface_names() -> Vec<String> {
     let mut names: Vec<String> = nix::net::if_::if_nameindex()
