@@ -78,7 +78,7 @@ pub enum Malformed {
 /// 2-byte aligned and the verifier accepts unaligned packet loads on the architectures we
 /// run on, while byte-wise reads (what `read_unaligned` becomes) cost several times more.
 #[inline(always)]
-fn at<T: Copy>(at: usize) -> T {
+pub fn at<T: Copy>(at: usize) -> T {
     // SAFETY: see above; every caller checked `at + size_of::<T>() <= end`.
     unsafe { *(at as *const T) }
 }

@@ -27,7 +27,7 @@ mod program {
         programs::XdpContext,
     };
     use ebpf_kern::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Malformed, Packet, ethernet, highest_bit, ipv4, ipv6,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Malformed, Packet, at, ethernet, highest_bit, ipv4, ipv6,
         lowest_bit,
     };
     use ebpf_shared::{
@@ -374,13 +374,6 @@ mod program {
         full_path(&ctx)
     }
 
-    /// Reads a `T` at `at` in the packet; the caller has checked that it is inside.
-    #[inline(always)]
-    fn raw<T: Copy>(at: usize) -> T {
-        // SAFETY: see above.
-        unsafe { *(at as *const T) }
-    }
-
     /// The fast path: an untagged IPv4 TCP or UDP packet, without options and not a later
     /// fragment, whose verdict this CPU has cached under the current rule set, is counted and
     /// answered here. Anything else (`None`) takes the full path.
@@ -400,30 +393,30 @@ mod program {
         let start = ctx.data();
         let end = ctx.data_end();
         let h = start + ETH_HLEN;
-        if h + 20 > end || raw::<u16>(start + 12) != ETH_P_IP.to_be() {
+        if h + 20 > end || at::<u16>(start + 12) != ETH_P_IP.to_be() {
             return None;
         }
         // Version 4 without options, fragment offset 0 and a total length that covers the
         // header: what the full path parses the same way. The first eight header bytes in one
         // load: version and IHL in byte 0, the total length in bytes 2-3, the fragment offset
         // in the low 13 bits of bytes 6-7 (big-endian).
-        let w: u64 = raw(h);
+        let w: u64 = at(h);
         if w & 0xff1f_0000_0000_00ff != 0x45 || u16::from_be((w >> 16) as u16) < 20 {
             return None;
         }
         let t = h + 20;
         // The words `key_v4` makes of the parsed packet. `source_port << 16 | dest_port` is
         // the four port bytes read big-endian.
-        let rest = match raw::<u8>(h + 9) {
+        let rest = match at::<u8>(h + 9) {
             proto::TCP if t + 20 <= end => {
-                u32::from_be(raw::<u32>(t)) as u64 | (proto::TCP as u64 | 1 << 8) << 32
+                u32::from_be(at::<u32>(t)) as u64 | (proto::TCP as u64 | 1 << 8) << 32
             }
             proto::UDP if t + 8 <= end => {
-                u32::from_be(raw::<u32>(t)) as u64 | (proto::UDP as u64 | 1 << 8) << 32
+                u32::from_be(at::<u32>(t)) as u64 | (proto::UDP as u64 | 1 << 8) << 32
             }
             _ => return None,
         };
-        let addresses: u64 = raw(h + 12);
+        let addresses: u64 = at(h + 12);
         let key = VerdictKeyV4 { addresses, rest };
         let (block, slot) = block_v4(&key)?;
         let e = block.verdicts.get(slot)?;
