@@ -420,7 +420,7 @@ mod program {
         let key = VerdictKeyV4 { addresses, rest };
         let (block, slot) = block_v4(&key)?;
         let e = block.verdicts.get(slot)?;
-        if ((e.key.addresses ^ addresses) | (e.key.rest ^ rest)) != 0 || e.epoch != epoch {
+        if !e.key.same(&key) || e.epoch != epoch {
             return None;
         }
         let outcome = e.outcome;
@@ -731,7 +731,8 @@ mod program {
 
         #[inline(always)]
         fn same(&self, o: &Self) -> bool {
-            self.addresses == o.addresses && self.rest == o.rest
+            // One branch for both words.
+            (self.addresses ^ o.addresses) | (self.rest ^ o.rest) == 0
         }
     }
 
